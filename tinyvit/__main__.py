@@ -1,0 +1,31 @@
+"""``python -m tinyvit``: gradient-check every layer of the ViT and print the errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .gradcheck import check_every_layer
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tinyvit",
+        description="Check every layer's hand-written backward against central differences.",
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    reports = check_every_layer(seed=args.seed, device=args.device)
+    for report in reports:
+        print(report, end="\n\n")
+    failed = [r.title for r in reports if not r.ok]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+        return 1
+    print(f"all {len(reports)} layers agree with their numerical gradients")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
