@@ -94,6 +94,11 @@ SHAPE_OPS = [
     ("transpose axes", lambda x: x.transpose(1, 2, 0), lambda x: x.transpose(1, 2, 0)),
     (".T", lambda x: x.T, lambda x: x.T),
     ("swapaxes", lambda x: x.swapaxes(0, 2), lambda x: x.swapaxes(0, 2)),
+    (
+        "broadcast_to",
+        lambda x: x[:1].broadcast_to((3, 2, 3, 4)),
+        lambda x: np.broadcast_to(x[:1], (3, 2, 3, 4)),
+    ),
     ("slice", lambda x: x[:, 1:3], lambda x: x[:, 1:3]),
     ("int and step", lambda x: x[1, ::2], lambda x: x[1, ::2]),
     ("ellipsis/None", lambda x: x[..., None, 0], lambda x: x[..., None, 0]),

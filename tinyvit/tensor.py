@@ -498,6 +498,13 @@ class Tensor:
     def T(self):
         return self.transpose()
 
+    def broadcast_to(self, shape):
+        """Repeat along axes of size 1 (and new leading axes) to ``shape``, as NumPy broadcasts."""
+        xp = xp_of(self.data)
+        source = self.shape
+        out = xp.broadcast_to(self.data, shape)
+        return Tensor.from_op(out, (self,), lambda g: (unbroadcast(g, source),), "broadcast_to")
+
     def swapaxes(self, axis1, axis2):
         return Tensor.from_op(
             self.data.swapaxes(axis1, axis2),
