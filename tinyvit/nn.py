@@ -1,0 +1,335 @@
+"""Modules: layers that own their parameters, and the Transformer encoder block.
+
+A ``Module`` is an object whose attributes may be ``Parameter``s, other
+modules, or lists of modules. That is all the structure there is: the
+parameters are found by walking the attributes in the order they were set,
+and named by the path that reaches them (``blocks.0.attn.qkv.weight``), the
+same names timm gives, so weights move between the two as plain arrays.
+
+The layers of the encoder (Dosovitskiy et al., ICLR 2021):
+
+* ``Attention``: multi-head self-attention, Eq. 5-8 of Appendix A. One fused
+  ``qkv`` projection (U_qkv, with bias) computes queries, keys and values for
+  all heads at once; the heads' outputs are concatenated and projected by
+  ``proj`` (U_msa).
+* ``Mlp``: two linear layers with a GELU between them (the MLP of Eq. 3).
+* ``Block``: the pre-norm encoder block, Eq. 2 and 3:
+  ``z' = MSA(LN(z)) + z`` and ``z = MLP(LN(z')) + z'``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from . import functional as F
+from .tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a module learns: it always requires grad."""
+
+    def __init__(self, data):
+        super().__init__(data, requires_grad=True)
+
+
+def trunc_normal(shape, std=0.02, dtype=backend.DEFAULT_DTYPE):
+    """Normal(0, std) samples redrawn until they lie within two standard deviations.
+
+    timm initialises ViTs with ``trunc_normal_(std=.02)``, whose cut-off is
+    at +-2 in absolute value and so, at this std, never bites; here the cut
+    is at two standard deviations, as a truncated normal is meant to be.
+    Drawn on the CPU from the generator that ``tinyvit.manual_seed`` seeds.
+    """
+    rng = backend.default_generator("cpu")
+    values = rng.standard_normal(shape)
+    outside = np.abs(values) > 2.0
+    while outside.any():
+        values[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > 2.0
+    return (values * std).astype(dtype)
+
+
+def _dtype_and_device(obj):
+    """Split ``to()``'s arguments into a device name and a dtype (either may be None)."""
+    if obj is None:
+        return None, None
+    if isinstance(obj, str) and obj in backend.DEVICES:
+        return obj, None
+    return None, np.dtype(obj)
+
+
+class Module:
+    """Base class of every layer: parameters, state, modes, devices."""
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    # -- walking the tree ---------------------------------------------------
+
+    def named_children(self):
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], Module):
+                for i, module in enumerate(value):
+                    yield f"{name}.{i}", module
+
+    def modules(self):
+        """This module and every module inside it, depth first."""
+        yield self
+        for _, child in self.named_children():
+            yield from child.modules()
+
+    def named_parameters(self, prefix=""):
+        """``(dotted name, Parameter)`` pairs, in the order the attributes were set."""
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_parameters(f"{prefix}{name}.")
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], Module):
+                for i, module in enumerate(value):
+                    yield from module.named_parameters(f"{prefix}{name}.{i}.")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        """The number of learned scalars."""
+        return sum(p.size for p in self.parameters())
+
+    # -- state ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """``{name: NumPy array}``: a copy of every parameter, on the CPU."""
+        return {name: backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state_dict, strict=True) -> None:
+        """Copy arrays into the parameters of the same names.
+
+        Values may be NumPy or CuPy arrays, or anything ``numpy.asarray``
+        takes (a CPU ``torch.Tensor`` from timm included); each is cast to the
+        parameter's dtype and moved to its device. A misshaped array is always
+        an error; with ``strict`` (the default) missing and unexpected names
+        are errors too. Nothing is changed unless everything fits.
+        """
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys: {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {unexpected}")
+        arrays = {}
+        for name, param in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            value = value.data if isinstance(value, Tensor) else value
+            shape = tuple(getattr(value, "shape", np.shape(value)))
+            if shape != param.shape:
+                problems.append(f"{name}: expected shape {param.shape}, got {shape}")
+                continue
+            arrays[name] = value
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+        for name, value in arrays.items():
+            param = own[name]
+            if not backend.is_cuda_array(value):
+                value = np.asarray(value)
+            param.data = backend.to_device(value, param.device).astype(param.dtype, copy=True)
+            param.grad = None
+
+    # -- modes, devices, gradients -----------------------------------------
+
+    def train(self, mode=True):
+        """Training mode (dropout active); returns self."""
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        """Evaluation mode (dropout off); returns self."""
+        return self.train(False)
+
+    def to(self, device_or_dtype=None, dtype=None):
+        """Move every parameter to a device (``"cpu"``/``"cuda"``) and/or cast it; returns self.
+
+        ``model.to("cuda")``, ``model.to(numpy.float64)``, ``model.to("cpu", numpy.float32)``.
+        """
+        device, first_dtype = _dtype_and_device(device_or_dtype)
+        dtype = np.dtype(dtype) if dtype is not None else first_dtype
+        for p in self.parameters():
+            if device is not None:
+                p.data = backend.to_device(p.data, device)
+            if dtype is not None and p.dtype != dtype:
+                p.data = p.data.astype(dtype)
+            p.grad = None
+        return self
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # -- printing -----------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        children = list(self.named_children())
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not children:
+            return head + ")"
+        lines = [head]
+        for name, child in children:
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return "\n".join(lines) + "\n)"
+
+
+# ---------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------
+
+
+class Linear(Module):
+    """``y = x W^T + b`` with ``weight`` (out, in); weights trunc-normal(0.02), bias 0."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(trunc_normal((out_features, in_features)))
+        self.bias = Parameter(np.zeros(out_features, dtype=backend.DEFAULT_DTYPE)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class LayerNorm(Module):
+    """LayerNorm over the last axis (Eq. 2-4's LN); weight 1, bias 0, eps 1e-6."""
+
+    def __init__(self, dim, eps=1e-6):
+        self.dim, self.eps = dim, eps
+        self.weight = Parameter(np.ones(dim, dtype=backend.DEFAULT_DTYPE))
+        self.bias = Parameter(np.zeros(dim, dtype=backend.DEFAULT_DTYPE))
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}"
+
+
+class Dropout(Module):
+    def __init__(self, p=0.0):
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class GELU(Module):
+    def __init__(self, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', not {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class Mlp(Module):
+    """The MLP of Eq. 3: ``fc2(dropout(GELU(fc1(x))))``, then dropout."""
+
+    def __init__(self, dim, hidden_dim, dropout=0.0, gelu="none"):
+        self.fc1 = Linear(dim, hidden_dim)
+        self.act = GELU(gelu)
+        self.fc2 = Linear(hidden_dim, dim)
+        self.drop = Dropout(dropout)
+
+    def forward(self, x):  # (B, N, D) -> (B, N, hidden) -> (B, N, D)
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(Module):
+    """Multi-head self-attention (Appendix A, Eq. 5-8).
+
+    ``[q, k, v] = z U_qkv`` (Eq. 5) for every head at once with the fused
+    ``qkv`` projection; per head ``A = softmax(q k^T / sqrt(D_h))`` (Eq. 6) and
+    ``SA(z) = A v`` (Eq. 7); the heads are concatenated and projected by
+    ``proj``, U_msa (Eq. 8).
+
+    Set ``keep_attention = True`` to keep the last forward's attention
+    probabilities in ``self.attention``, a ``(B, heads, N, N)`` array.
+    """
+
+    def __init__(self, dim, heads, dropout=0.0):
+        if dim % heads:
+            raise ValueError(f"Attention: dim ({dim}) must be divisible by heads ({heads})")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
+        self.drop = Dropout(dropout)
+        self.keep_attention = False
+        self.attention = None
+
+    def forward(self, x):
+        B, N, D = x.shape
+        qkv = self.qkv(x)  # (B, N, 3D)
+        qkv = qkv.reshape(B, N, 3, self.heads, self.head_dim)  # (B, N, 3, heads, head_dim)
+        qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, heads, N, head_dim)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, heads, N, head_dim)
+        out, attn = F.scaled_dot_product_attention(q, k, v, need_weights=True)
+        self.attention = attn if self.keep_attention else None  # (B, heads, N, N)
+        out = out.transpose(0, 2, 1, 3).reshape(B, N, D)  # heads side by side: (B, N, D)
+        return self.drop(self.proj(out))
+
+    def extra_repr(self):
+        return f"dim={self.dim}, heads={self.heads}"
+
+
+class Block(Module):
+    """The pre-norm Transformer encoder block, Eq. 2-3.
+
+    ``z' = MSA(LN(z)) + z`` then ``z = MLP(LN(z')) + z'``.
+    """
+
+    def __init__(self, dim, heads, mlp_dim, dropout=0.0, gelu="none"):
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_dim, dropout, gelu)
+
+    def forward(self, z):  # (B, N, D) -> (B, N, D)
+        z = self.attn(self.norm1(z)) + z  # Eq. 2
+        return self.mlp(self.norm2(z)) + z  # Eq. 3
+
+
+__all__ = [
+    "Attention",
+    "Block",
+    "Dropout",
+    "GELU",
+    "LayerNorm",
+    "Linear",
+    "Mlp",
+    "Module",
+    "Parameter",
+    "trunc_normal",
+]
