@@ -1,0 +1,339 @@
+"""The Vision Transformer of Dosovitskiy et al., "An Image is Worth 16x16 Words" (ICLR 2021).
+
+The whole model is four equations (Section 3.1):
+
+    Eq. 1   z_0  = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
+    Eq. 2   z'_l = MSA(LN(z_{l-1})) + z_{l-1}            l = 1..L
+    Eq. 3   z_l  = MLP(LN(z'_l)) + z'_l                  l = 1..L
+    Eq. 4   y    = LN(z_L^0)
+
+An image of ``H x W`` pixels and ``C`` channels is cut into ``N = HW / P^2``
+patches of ``P x P`` pixels. Each patch, flattened to ``P^2 C`` numbers, is
+multiplied by the learned matrix ``E`` (``PatchEmbed``): a linear projection
+that equals a convolution with kernel and stride ``P``, which is why its
+weight is stored in the convolution's shape ``(D, C, P, P)``. A learned class
+token is put in front, a learned position embedding added (Eq. 1), and the
+sequence of ``N + 1`` vectors of width ``D`` goes through ``L`` encoder
+blocks (Eq. 2-3, ``nn.Block``). The class token's final state, normalised
+(Eq. 4), is the image's representation; a linear head maps it to logits.
+With ``pool="mean"`` the patch tokens' average is used instead.
+
+Parameter names and shapes are timm's (``cls_token``, ``pos_embed``,
+``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ..., ``head.bias``),
+and so is the initialisation.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from . import backend
+from . import functional as F
+from .nn import Block, Dropout, LayerNorm, Linear, Module, Parameter, trunc_normal
+from .tensor import Tensor, concatenate
+
+
+def patchify(images, patch_size):
+    """Cut ``(B, C, H, W)`` images into ``(B, N, C*P*P)`` rows, one per patch.
+
+    Patches are taken row by row, left to right; each is flattened channel
+    first, then row, then column: the order in which a convolution kernel of
+    shape ``(D, C, P, P)`` flattens.
+    """
+    images = images if isinstance(images, Tensor) else Tensor(images)
+    B, C, H, W = images.shape
+    P = patch_size
+    x = images.reshape(B, C, H // P, P, W // P, P)  # (B, C, rows, P, cols, P)
+    x = x.transpose(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C, P, P)
+    return x.reshape(B, (H // P) * (W // P), C * P * P)  # (B, N, C*P*P)
+
+
+class PatchProjection(Module):
+    """The matrix E of Eq. 1, kept in the shape of a convolution kernel, ``(D, C, P, P)``."""
+
+    def __init__(self, channels, patch_size, dim):
+        self.weight = Parameter(trunc_normal((dim, channels, patch_size, patch_size)))
+        self.bias = Parameter(np.zeros(dim, dtype=backend.DEFAULT_DTYPE))
+
+    def forward(self, patches):  # (B, N, C*P*P) -> (B, N, D)
+        dim = self.weight.shape[0]
+        return F.linear(patches, self.weight.reshape(dim, -1), self.bias)  # weight as (D, C*P*P)
+
+    def extra_repr(self):
+        D, C, P, _ = self.weight.shape
+        return f"{C * P * P} -> {D}, as a {P}x{P} convolution with stride {P}"
+
+
+class PatchEmbed(Module):
+    """Images to patch embeddings: ``x_p^i E`` for every patch ``i`` of Eq. 1."""
+
+    def __init__(self, image_size, patch_size, channels, dim):
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid * self.grid
+        self.proj = PatchProjection(channels, patch_size, dim)
+
+    def forward(self, images):  # (B, C, H, W) -> (B, N, D)
+        return self.proj(patchify(images, self.patch_size))
+
+
+class PreLogits(Module):
+    """The extra ``tanh(Linear)`` layer some ImageNet-21k checkpoints have before the head."""
+
+    def __init__(self, dim, representation_size):
+        self.fc = Linear(dim, representation_size)
+
+    def forward(self, x):
+        return self.fc(x).tanh()
+
+
+class ViT(Module):
+    """The Vision Transformer, with the arguments of vit-pytorch's ``ViT``.
+
+    ``ViT(image_size, patch_size, num_classes, dim, depth, heads, mlp_dim,
+    pool="cls" | "mean", channels=3, dropout=0.0, emb_dropout=0.0,
+    gelu="none" | "tanh", representation_size=None)``.
+
+    ``model(images)`` takes a ``(B, C, H, W)`` batch (a Tensor or an array)
+    and returns ``(B, num_classes)`` logits. ``pool="mean"`` averages the
+    patch tokens (the class token is still there, as in timm's
+    ``global_pool="avg"`` without ``fc_norm``). ``representation_size`` adds
+    the ``pre_logits`` layer of ImageNet-21k checkpoints.
+    """
+
+    def __init__(
+        self,
+        image_size,
+        patch_size,
+        num_classes,
+        dim,
+        depth,
+        heads,
+        mlp_dim,
+        pool="cls",
+        channels=3,
+        dropout=0.0,
+        emb_dropout=0.0,
+        gelu="none",
+        representation_size=None,
+    ):
+        if image_size % patch_size:
+            raise ValueError(
+                f"ViT: image_size {image_size} is not a multiple of patch_size {patch_size}; "
+                "the image must split into whole patches "
+                f"(try {image_size // patch_size * patch_size})"
+            )
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"ViT: pool must be 'cls' or 'mean', not {pool!r}")
+        if dim % heads:
+            raise ValueError(f"ViT: dim ({dim}) must be divisible by heads ({heads})")
+        self.config = dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            mlp_dim=mlp_dim,
+            pool=pool,
+            channels=channels,
+            dropout=dropout,
+            emb_dropout=emb_dropout,
+            gelu=gelu,
+            representation_size=representation_size,
+        )
+        self.image_size, self.channels, self.pool = image_size, channels, pool
+        num_patches = (image_size // patch_size) ** 2
+        rng = backend.default_generator("cpu")
+        dtype = backend.DEFAULT_DTYPE
+        # Parameters in timm's order, so that state_dict() lists them as timm does.
+        self.cls_token = Parameter((rng.standard_normal((1, 1, dim)) * 1e-6).astype(dtype))
+        self.pos_embed = Parameter(trunc_normal((1, num_patches + 1, dim)))  # E_pos
+        self.patch_embed = PatchEmbed(image_size, patch_size, channels, dim)
+        self.pos_drop = Dropout(emb_dropout)
+        self.blocks = [Block(dim, heads, mlp_dim, dropout, gelu) for _ in range(depth)]
+        self.norm = LayerNorm(dim)
+        self.pre_logits = PreLogits(dim, representation_size) if representation_size else None
+        self.head = Linear(representation_size or dim, num_classes)
+
+    # -- the four equations --------------------------------------------------
+
+    def _images(self, images) -> Tensor:
+        """Check a batch of images and return it as a tensor in the model's dtype."""
+        shape = tuple(images.shape)
+        expected = (self.channels, self.image_size, self.image_size)
+        if len(shape) != 4 or shape[1:] != expected:
+            raise ValueError(
+                f"ViT expects images of shape (B, {', '.join(map(str, expected))}), "
+                f"got {shape}"
+                + ("" if len(shape) == 4 else f": a rank-{len(shape)} array, not (B, C, H, W)")
+            )
+        dtype = self.pos_embed.dtype
+        if isinstance(images, Tensor):
+            return images
+        if images.dtype.kind != "f":
+            raise TypeError(
+                f"ViT expects floating-point images, got {images.dtype}; "
+                "normalise them first (tinyvit.data does)"
+            )
+        return Tensor(images.astype(dtype, copy=False))
+
+    def forward_features(self, images) -> Tensor:
+        """Eq. 1-3 and the LN of Eq. 4: ``(B, C, H, W)`` images to ``(B, N+1, D)`` tokens."""
+        x = self._images(images)
+        B = x.shape[0]
+        patches = self.patch_embed(x)  # (B, N, D): x_p^i E
+        cls = self.cls_token.broadcast_to((B, 1, patches.shape[2]))  # (B, 1, D): x_class
+        z = concatenate([cls, patches], axis=1) + self.pos_embed  # (B, N+1, D): Eq. 1
+        z = self.pos_drop(z)
+        for block in self.blocks:  # Eq. 2-3
+            z = block(z)
+        return self.norm(z)  # LN of Eq. 4, applied to every token
+
+    def forward_head(self, tokens, pre_logits=False) -> Tensor:
+        """Pool ``(B, N+1, D)`` tokens to ``y`` (Eq. 4) and apply the head.
+
+        With ``pre_logits=True`` returns the ``(B, D)`` representation itself
+        (the features a linear probe uses).
+        """
+        if self.pool == "cls":
+            y = tokens[:, 0]  # (B, D): z_L^0
+        else:
+            y = tokens[:, 1:].mean(axis=1)  # (B, D): mean of the patch tokens
+        if self.pre_logits is not None:
+            y = self.pre_logits(y)
+        return y if pre_logits else self.head(y)  # (B, num_classes)
+
+    def forward(self, images) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    # -- looking inside --------------------------------------------------------
+
+    def keep_attention(self, keep=True):
+        """Make every block keep its last attention probabilities; returns self."""
+        for block in self.blocks:
+            block.attn.keep_attention = keep
+            block.attn.attention = None
+        return self
+
+    def attention_maps(self):
+        """The kept ``(B, heads, N+1, N+1)`` attention of each block, first to last."""
+        maps = [block.attn.attention for block in self.blocks]
+        if any(m is None for m in maps):
+            raise RuntimeError("no attention kept: call model.keep_attention() and run a forward")
+        return maps
+
+    def extra_repr(self):
+        c = self.config
+        return (
+            f"image_size={c['image_size']}, patch_size={c['patch_size']}, dim={c['dim']}, "
+            f"depth={c['depth']}, heads={c['heads']}, mlp_dim={c['mlp_dim']}, "
+            f"num_classes={c['num_classes']}, pool={c['pool']!r}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# named configurations
+# ---------------------------------------------------------------------------
+
+
+def _imagenet(patch_size, dim, depth, heads, mlp_dim):
+    return dict(
+        image_size=224,
+        patch_size=patch_size,
+        num_classes=1000,
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        mlp_dim=mlp_dim,
+    )
+
+
+CONFIGS = {
+    # The paper's Table 1, at 224 x 224 with 1000 classes.
+    "vit_base_patch16_224": _imagenet(16, 768, 12, 12, 3072),
+    "vit_base_patch32_224": _imagenet(32, 768, 12, 12, 3072),
+    "vit_large_patch16_224": _imagenet(16, 1024, 24, 16, 4096),
+    "vit_large_patch32_224": _imagenet(32, 1024, 24, 16, 4096),
+    "vit_huge_patch14_224": _imagenet(14, 1280, 32, 16, 5120),
+    # DeiT (Touvron et al. 2021): the same architecture, narrower.
+    "deit_tiny_patch16_224": _imagenet(16, 192, 12, 3, 768),
+    "deit_small_patch16_224": _imagenet(16, 384, 12, 6, 1536),
+    # For 32 x 32 images (CIFAR-10). Small enough for a CPU:
+    "vit_cifar_tiny": dict(
+        image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=256
+    ),
+    # Like ViT-Lite-7/4 of the Compact Transformers paper, for GPU runs:
+    "vit_lite_7_4": dict(
+        image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, heads=4, mlp_dim=512
+    ),
+}
+
+ALIASES = {
+    "ViT-B/16": "vit_base_patch16_224",
+    "ViT-B/32": "vit_base_patch32_224",
+    "ViT-L/16": "vit_large_patch16_224",
+    "ViT-L/32": "vit_large_patch32_224",
+    "ViT-H/14": "vit_huge_patch14_224",
+    "DeiT-Ti": "deit_tiny_patch16_224",
+    "DeiT-S": "deit_small_patch16_224",
+    "ViT-Lite-7/4": "vit_lite_7_4",
+}
+
+
+def config(name, **overrides) -> dict:
+    """The keyword arguments of a named configuration, with ``overrides`` applied."""
+    key = ALIASES.get(name, name)
+    if key not in CONFIGS:
+        names = sorted(CONFIGS) + sorted(ALIASES)
+        raise KeyError(f"unknown ViT configuration {name!r}; known: {', '.join(names)}")
+    unknown = set(overrides) - set(inspect.signature(ViT).parameters)
+    if unknown:
+        raise TypeError(f"unknown ViT argument(s) {sorted(unknown)}")
+    return {**CONFIGS[key], **overrides}
+
+
+def create(name, **overrides) -> ViT:
+    """A ViT of a named configuration.
+
+    ``create("ViT-B/16")``, ``create("vit_lite_7_4", pool="mean")``.
+    """
+    return ViT(**config(name, **overrides))
+
+
+def count_parameters(
+    image_size,
+    patch_size,
+    num_classes,
+    dim,
+    depth,
+    mlp_dim,
+    channels=3,
+    representation_size=None,
+    **_,
+):
+    """The number of parameters of a ViT, counted from its configuration alone.
+
+    Patch projection ``P^2 C D + D``; class token ``D``; position embedding
+    ``(N + 1) D``; per block two LayerNorms (``4D``), ``qkv`` (``3D^2 + 3D``),
+    ``proj`` (``D^2 + D``), the MLP (``2 D M + M + D``); the final LayerNorm
+    (``2D``), the optional pre-logits layer and the head.
+    """
+    N = (image_size // patch_size) ** 2
+    D, M = dim, mlp_dim
+    block = 4 * D + (3 * D * D + 3 * D) + (D * D + D) + (2 * D * M + M + D)
+    head_in = representation_size or D
+    pre = representation_size * (D + 1) if representation_size else 0
+    return (
+        patch_size**2 * channels * D
+        + D
+        + D
+        + (N + 1) * D
+        + depth * block
+        + 2 * D
+        + pre
+        + head_in * num_classes
+        + num_classes
+    )
