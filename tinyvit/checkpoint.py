@@ -1,0 +1,131 @@
+"""Checkpoints: weights and the configuration that rebuilds their model, in one ``.npz``.
+
+``save(model, path)`` writes every parameter under its timm name, plus the
+model's configuration as JSON, into a NumPy ``.npz`` archive. The write is
+atomic: the archive is written to a temporary file beside the target and
+renamed over it only when complete, so an interrupted save never leaves a
+half-written checkpoint where a good one was. ``load(path)`` reads it back
+with ``allow_pickle=False`` (an ``.npz`` then holds nothing but arrays) and
+returns a ready model.
+
+``write_npz`` and ``read_npz`` are the two halves on their own, for callers
+with more to store (the trainer keeps its optimiser state the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+
+FORMAT = "tinyvit-checkpoint-1"
+META = "__tinyvit__"  # prefix of the entries that are not weights
+
+
+class CheckpointError(ValueError):
+    """A file that is not a (complete) tinyvit checkpoint."""
+
+
+def write_npz(path, arrays: dict) -> Path:
+    """Write ``{name: array}`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: backend.to_numpy(v) for k, v in arrays.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_npz(path) -> dict:
+    """Every array of an ``.npz`` file, read without pickle; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive, and every zip starts so
+        raise CheckpointError(
+            f"{path} ({size:,} bytes) is not an .npz archive but a file of another kind "
+            f"(it starts with {magic!r}, not a zip header)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise CheckpointError(
+                f"{path} holds Python objects, which tinyvit never loads (pickle can run code)"
+            ) from None
+        raise CheckpointError(
+            f"{path} ({size:,} bytes) is not a complete .npz archive: it is truncated "
+            f"or damaged ({error})"
+        ) from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as error:
+        raise CheckpointError(
+            f"{path} ({size:,} bytes) is not a complete .npz archive: it is truncated "
+            f"or a file of another kind ({type(error).__name__}: {error})"
+        ) from None
+
+
+def save(model, path, extra=None) -> Path:
+    """Write ``model``'s weights and configuration to ``path`` (an ``.npz``), atomically.
+
+    ``extra`` may add arrays under other names (they come back from ``read_npz``).
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(
+            "save() needs a model that records its configuration (a ViT), "
+            f"not {type(model).__name__}"
+        )
+    state = model.state_dict()
+    dtype = next(iter(state.values())).dtype.name if state else "float32"
+    meta = {"format": FORMAT, "model": type(model).__name__, "config": config, "dtype": dtype}
+    arrays = {f"{META}/meta": np.array(json.dumps(meta)), **state}
+    for name, value in (extra or {}).items():
+        if name in arrays:
+            raise ValueError(f"save(): extra entry {name!r} would overwrite a weight")
+        arrays[name] = value
+    return write_npz(path, arrays)
+
+
+def read_meta(arrays: dict, path="checkpoint") -> dict:
+    key = f"{META}/meta"
+    if key not in arrays:
+        raise CheckpointError(
+            f"{path} is an .npz archive but not a tinyvit checkpoint (no {key} entry); "
+            "official Google ViT weights load with tinyvit.interop.load_official()"
+        )
+    meta = json.loads(str(arrays[key]))
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load(path, device="cpu"):
+    """Rebuild the model saved at ``path`` and load its weights (on ``device``)."""
+    from .vit import ViT  # the only model kind so far
+
+    arrays = read_npz(path)
+    meta = read_meta(arrays, path)
+    if meta["model"] != "ViT":
+        raise CheckpointError(f"{path}: unknown model kind {meta['model']!r}")
+    model = ViT(**meta["config"]).to(dtype=np.dtype(meta["dtype"]))
+    weights = {k: v for k, v in arrays.items() if k in dict(model.named_parameters())}
+    model.load_state_dict(weights)
+    return model.to(device)
