@@ -1,0 +1,227 @@
+"""Weights from elsewhere, and the paper's recipe for fine-tuning them.
+
+* Official Google ViT checkpoints (``ViT-B_16.npz`` and friends, from the
+  JAX code that trained the paper's models) name and shape their arrays
+  differently from timm. ``official_to_state_dict`` maps one layout onto the
+  other; ``load_official`` builds the matching model.
+* Fine-tuning (paper Section 3.2): "we remove the pre-trained prediction head
+  and attach a zero-initialized D x K feedforward layer", and at a higher
+  resolution "we keep the patch size the same", so the sequence grows and
+  "we perform 2D interpolation of the pre-trained position embeddings,
+  according to their location in the original image". ``adapt`` does both,
+  on a configuration and its weights; ``resample_pos_embed`` is the 2-D
+  interpolation, written here as two small matrix products.
+
+timm's own ``VisionTransformer`` needs no mapping: its ``state_dict()`` has
+exactly tinyvit's names and shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from .checkpoint import read_npz
+from .vit import ViT
+
+# ---------------------------------------------------------------------------
+# 2-D resampling of the position embeddings
+# ---------------------------------------------------------------------------
+
+
+def _cubic(t, a=-0.75):
+    """Keys' cubic convolution kernel (a = -0.75, as PyTorch's bicubic uses)."""
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1  # |t| <= 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a  # 1 < |t| < 2
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def interpolation_matrix(n_in, n_out, method="bicubic"):
+    """The ``(n_out, n_in)`` matrix that resamples a length-``n_in`` signal to ``n_out``.
+
+    Sample ``i`` of the output sits at ``(i + 0.5) * n_in / n_out - 0.5`` in
+    input coordinates (pixel centres aligned, PyTorch's
+    ``align_corners=False``); its value mixes the input samples around it,
+    two for ``"bilinear"``, four for ``"bicubic"``, with indices past the
+    border clamped to the edge.
+    """
+    if method not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', not {method!r}")
+    matrix = np.zeros((n_out, n_in))
+    source = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    if method == "bilinear":
+        source = np.maximum(source, 0.0)
+        taps = (0, 1)
+    else:
+        taps = (-1, 0, 1, 2)
+    left = np.floor(source).astype(int)
+    frac = source - left
+    for tap in taps:
+        index = np.clip(left + tap, 0, n_in - 1)
+        weight = 1.0 - np.abs(frac - tap) if method == "bilinear" else _cubic(frac - tap)
+        np.add.at(matrix, (np.arange(n_out), index), weight)
+    return matrix
+
+
+def resample_pos_embed(pos_embed, new_grid, interpolation="bicubic", num_prefix_tokens=1):
+    """Resample ``(1, prefix + g*g, D)`` position embeddings to a ``new_grid`` of patches.
+
+    The class token's row is kept as it is; the ``g x g`` grid of patch
+    embeddings is interpolated to ``new_grid`` (an int or ``(rows, cols)``):
+    ``new = R_rows @ grid @ R_cols^T`` channel by channel.
+    """
+    pos_embed = np.asarray(pos_embed)
+    rows, cols = (new_grid, new_grid) if isinstance(new_grid, int) else new_grid
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
+    old = math.isqrt(grid.shape[0])
+    if old * old != grid.shape[0]:
+        raise ValueError(f"position embeddings of {grid.shape[0]} patches are not a square grid")
+    grid = grid.reshape(old, old, -1)  # (g, g, D)
+    r_rows = interpolation_matrix(old, rows, interpolation)  # (rows, g)
+    r_cols = interpolation_matrix(old, cols, interpolation)  # (cols, g)
+    new = np.einsum("ij,jkd,lk->ild", r_rows, grid, r_cols)  # (rows, cols, D)
+    new = new.reshape(1, rows * cols, -1).astype(pos_embed.dtype)
+    return np.concatenate([prefix, new], axis=1)  # (1, prefix + rows*cols, D)
+
+
+# ---------------------------------------------------------------------------
+# the fine-tuning recipe
+# ---------------------------------------------------------------------------
+
+
+def adapt(config, state_dict, num_classes=None, image_size=None, interpolation="bicubic"):
+    """Return ``(config, state_dict)`` for fine-tuning at a new resolution or class count.
+
+    A new ``image_size`` keeps the patch size and resamples the position
+    embeddings' grid. A new ``num_classes`` drops the head (and a
+    ``pre_logits`` layer) and puts a zero-initialised head in its place.
+    """
+    config, state = dict(config), dict(state_dict)
+    if image_size is not None and image_size != config["image_size"]:
+        if image_size % config["patch_size"]:
+            raise ValueError(
+                f"image_size {image_size} is not a multiple of the patch size "
+                f"{config['patch_size']}"
+            )
+        state["pos_embed"] = resample_pos_embed(
+            state["pos_embed"], image_size // config["patch_size"], interpolation
+        )
+        config["image_size"] = image_size
+    if num_classes is not None and num_classes != config["num_classes"]:
+        dim = config["dim"]
+        for key in [k for k in state if k.startswith(("head.", "pre_logits."))]:
+            del state[key]
+        dtype = state["pos_embed"].dtype
+        state["head.weight"] = np.zeros((num_classes, dim), dtype=dtype)
+        state["head.bias"] = np.zeros(num_classes, dtype=dtype)
+        config["num_classes"], config["representation_size"] = num_classes, None
+    return config, state
+
+
+def for_finetuning(model, num_classes=None, image_size=None, interpolation="bicubic", **changes):
+    """A new ViT from ``model``'s weights, adapted by ``adapt``; ``changes`` set other
+    configuration entries (dropout, say) that do not alter any weight's shape."""
+    config, state = adapt(model.config, model.state_dict(), num_classes, image_size, interpolation)
+    new = ViT(**{**config, **changes})
+    new.load_state_dict(state)
+    return new.to(dtype=model.pos_embed.dtype)
+
+
+# ---------------------------------------------------------------------------
+# official Google ViT checkpoints
+# ---------------------------------------------------------------------------
+
+
+def official_to_state_dict(arrays):
+    """Map the arrays of an official ``.npz`` to ``(config, timm-named state_dict)``.
+
+    Kernels there are stored ``(in, out)``; timm's Linear weights are
+    ``(out, in)``. Queries, keys and values are three ``(D, heads, D_h)``
+    kernels; timm fuses them into one ``(3D, D)`` ``qkv`` weight. The patch
+    kernel is a ``(P, P, C, D)`` convolution (height, width, in, out); timm's is
+    ``(D, C, P, P)``.
+    """
+    a = {k: np.asarray(v) for k, v in arrays.items()}
+    try:
+        P, _, C, D = a["embedding/kernel"].shape
+        depth = len(
+            {m.group(1) for k in a if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))}
+        )
+        first = "Transformer/encoderblock_0/"
+        heads = a[first + "MultiHeadDotProductAttention_1/query/kernel"].shape[1]
+        mlp_dim = a[first + "MlpBlock_3/Dense_0/kernel"].shape[1]
+        pos = a["Transformer/posembed_input/pos_embedding"]
+        classes = a["head/kernel"].shape[1]
+    except KeyError as missing:
+        raise KeyError(f"not an official ViT checkpoint: no entry {missing}") from None
+    grid = math.isqrt(pos.shape[1] - 1)
+    representation = a["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in a else None
+    config = dict(
+        image_size=grid * P,
+        patch_size=P,
+        num_classes=classes,
+        dim=D,
+        depth=depth,
+        heads=heads,
+        mlp_dim=mlp_dim,
+        channels=C,
+        gelu="tanh",  # the official code's GELU is the tanh approximation
+        representation_size=representation,
+    )
+
+    def linear(prefix):  # an (in, out) kernel and its bias -> timm's (out, in) weight and bias
+        return a[prefix + "/kernel"].T, a[prefix + "/bias"]
+
+    state = {
+        "cls_token": a["cls"],
+        "pos_embed": pos,
+        "patch_embed.proj.weight": a["embedding/kernel"].transpose(3, 2, 0, 1),  # (D, C, P, P)
+        "patch_embed.proj.bias": a["embedding/bias"],
+    }
+    for i in range(depth):
+        src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        attn = src + "MultiHeadDotProductAttention_1/"
+        state[dst + "norm1.weight"] = a[src + "LayerNorm_0/scale"]
+        state[dst + "norm1.bias"] = a[src + "LayerNorm_0/bias"]
+        # (D, heads, D_h) kernels -> (D, D) -> transposed, stacked as [q; k; v]: (3D, D)
+        state[dst + "attn.qkv.weight"] = np.concatenate(
+            [a[attn + f"{n}/kernel"].reshape(D, D).T for n in ("query", "key", "value")]
+        )
+        state[dst + "attn.qkv.bias"] = np.concatenate(
+            [a[attn + f"{n}/bias"].reshape(D) for n in ("query", "key", "value")]
+        )
+        state[dst + "attn.proj.weight"] = a[attn + "out/kernel"].reshape(D, D).T  # (heads*D_h, D)^T
+        state[dst + "attn.proj.bias"] = a[attn + "out/bias"]
+        state[dst + "norm2.weight"] = a[src + "LayerNorm_2/scale"]
+        state[dst + "norm2.bias"] = a[src + "LayerNorm_2/bias"]
+        state[dst + "mlp.fc1.weight"], state[dst + "mlp.fc1.bias"] = linear(
+            src + "MlpBlock_3/Dense_0"
+        )
+        state[dst + "mlp.fc2.weight"], state[dst + "mlp.fc2.bias"] = linear(
+            src + "MlpBlock_3/Dense_1"
+        )
+    state["norm.weight"] = a["Transformer/encoder_norm/scale"]
+    state["norm.bias"] = a["Transformer/encoder_norm/bias"]
+    if representation is not None:
+        state["pre_logits.fc.weight"], state["pre_logits.fc.bias"] = linear("pre_logits")
+    state["head.weight"], state["head.bias"] = linear("head")
+    return config, {k: np.ascontiguousarray(v) for k, v in state.items()}
+
+
+def load_official(path, num_classes=None, image_size=None, interpolation="bicubic", **changes):
+    """A ViT with the weights of an official ``.npz`` checkpoint.
+
+    The configuration is read off the arrays' shapes. ``num_classes`` and
+    ``image_size`` apply the fine-tuning recipe (``adapt``); ``changes`` set
+    other configuration entries (``pool`` cannot change: the weights were
+    trained for the class token). Official models expect inputs scaled to
+    ``[-1, 1]``.
+    """
+    config, state = official_to_state_dict(read_npz(path))
+    config, state = adapt(config, state, num_classes, image_size, interpolation)
+    model = ViT(**{**config, **changes})
+    model.load_state_dict(state)
+    return model
