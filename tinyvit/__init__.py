@@ -7,28 +7,41 @@ The package follows the paper's data flow, low to high:
     functional  the ViT's layers as ops with hand-written backwards
     composed    the same layers built from primitives, for teaching
     gradcheck   numerical gradient checking
+    nn          Module, Parameter, Linear, LayerNorm, attention, the encoder block
+    vit         the Vision Transformer and its named configurations
+    checkpoint  save() and load() of a model with its configuration
+    interop     official Google checkpoints, fine-tuning at new resolutions
+    viz         figures
 """
 
-from . import backend, composed, functional
+from . import backend, composed, functional, nn, vit
 from .backend import manual_seed
+from .checkpoint import load, save
 from .gradcheck import GradcheckError, gradcheck
 from .tensor import Tensor, as_tensor, concatenate, is_grad_enabled, matmul, no_grad, stack, tensor
+from .vit import ViT, create
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GradcheckError",
     "Tensor",
+    "ViT",
     "as_tensor",
     "backend",
     "composed",
     "concatenate",
+    "create",
     "functional",
     "gradcheck",
     "is_grad_enabled",
+    "load",
     "manual_seed",
     "matmul",
+    "nn",
     "no_grad",
+    "save",
     "stack",
     "tensor",
+    "vit",
 ]
