@@ -31,3 +31,34 @@ def save_figure(fig, path, dpi=130) -> Path:
             os.remove(tmp)
         plt.close(fig)
     return path
+
+
+def plot_training_curves(history, path, title="Training on CIFAR-10") -> Path:
+    """Loss and accuracy per epoch, train and test, from the trainer's history records."""
+    epochs = [r["epoch"] for r in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
+    loss_ax.plot(epochs, [r["test_loss"] for r in history], "o-", ms=3, label="test")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("cross-entropy")
+    loss_ax.set_title("loss")
+    loss_ax.legend(frameon=False)
+    acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", ms=3, label="train")
+    acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "o-", ms=3, label="test")
+    best = max(history, key=lambda r: r["test_acc"])
+    acc_ax.annotate(
+        f"{100 * best['test_acc']:.1f}%",
+        (best["epoch"], 100 * best["test_acc"]),
+        textcoords="offset points",
+        xytext=(0, 8),
+        ha="center",
+        fontsize=9,
+    )
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.set_title("accuracy (train: on augmented batches)")
+    acc_ax.legend(frameon=False)
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return save_figure(fig, path)
