@@ -291,3 +291,65 @@ def test_fused_and_composed_agree(name, fused, plain, extra, make, xp):
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
     gradcheck(plain, (x, *params))
+
+
+# ---------------------------------------------------------------- self_attention on packed qkv
+
+
+def test_self_attention_equals_attention_on_cut_projections(make):
+    B, N, heads, d = 2, 5, 3, 4
+    qkv = make(B, N, 3 * heads * d)
+    out, attn = F.self_attention(qkv, heads, need_weights=True)
+    a = to_numpy(qkv.data).reshape(B, N, 3, heads, d)
+    q, k, v = (Tensor(np.ascontiguousarray(a[:, :, i].transpose(0, 2, 1, 3))) for i in range(3))
+    want, want_attn = F.scaled_dot_product_attention(q, k, v, need_weights=True)
+    np.testing.assert_allclose(
+        to_numpy(out.data), to_numpy(want.data).transpose(0, 2, 1, 3).reshape(B, N, heads * d)
+    )
+    np.testing.assert_allclose(to_numpy(attn), to_numpy(want_attn))
+    gradcheck(lambda t: F.self_attention(t, heads), (qkv,))
+
+
+def test_self_attention_shape_error(make):
+    with pytest.raises(ValueError, match=r"3 \* heads \* head_dim"):
+        F.self_attention(make(2, 5, 10), 3)
+
+
+# ---------------------------------------------------------------- many small blocks, many threads
+
+
+BLOCKED = [
+    ("gelu", lambda m: (F.gelu, (m(6, 5, 7),))),
+    ("gelu tanh", lambda m: (lambda x: F.gelu(x, "tanh"), (m(6, 5, 7),))),
+    ("softmax", lambda m: (F.softmax, (m(6, 5, 7),))),
+    ("layer_norm", lambda m: (F.layer_norm, (m(6, 5, 7), m(7), m(7)))),
+    (
+        "attention",
+        lambda m: (F.scaled_dot_product_attention, (m(3, 2, 5, 4), m(3, 2, 6, 4), m(3, 2, 6, 3))),
+    ),
+    ("self_attention", lambda m: (lambda t: F.self_attention(t, 2), (m(5, 6, 12),))),
+]
+
+
+@pytest.mark.parametrize("name,case", BLOCKED, ids=[b[0] for b in BLOCKED])
+def test_blocked_kernels_agree_with_one_block(name, case, make, xp, monkeypatch):
+    fn, inputs = case(make)
+    upstream = xp.asarray(np.random.default_rng(9).standard_normal(fn(*inputs).shape))
+
+    def run():
+        for t in inputs:
+            t.grad = None
+        y = fn(*inputs)
+        y.backward(upstream)
+        return [to_numpy(y.data)] + [to_numpy(t.grad) for t in inputs]
+
+    whole = run()
+    monkeypatch.setattr(backend, "CHUNK_ELEMENTS", 24)  # now many blocks on three threads
+    monkeypatch.setenv("TINYVIT_THREADS", "3")
+    monkeypatch.setattr(backend, "_pool", None)
+    assert len(backend.row_blocks(inputs[0].data)) > 1 or xp is not np
+    blocked = run()
+    for a, b in zip(whole, blocked, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    gradcheck(fn, inputs)
+    backend._pool = None

@@ -37,3 +37,29 @@ def test_erf_is_odd_and_keeps_signed_zero(xp):
 
 def test_the_coefficients_are_the_documented_fit():
     np.testing.assert_allclose(fit_erf_coefficients(ERF_P), ERF_COEFFICIENTS, rtol=1e-6, atol=1e-9)
+
+
+def test_normal_cdf_and_pdf(xp):
+    from tinyvit.special import normal_cdf
+
+    x = np.concatenate([np.linspace(-12, 12, 100001), [0.0, -0.0, 40.0, -40.0]])
+    want_cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
+    want_pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    cdf, pdf = (to_numpy(a) for a in normal_cdf(xp.asarray(x), with_pdf=True))
+    assert np.abs(cdf - want_cdf).max() < 2e-10
+    np.testing.assert_allclose(pdf, want_pdf, rtol=1e-12, atol=1e-300)
+    tail = x < -3  # far in the lower tail the CDF is tiny: it stays accurate relatively
+    np.testing.assert_allclose(cdf[tail], want_cdf[tail], rtol=1e-8)
+    x32 = x.astype(np.float32)
+    cdf32 = to_numpy(normal_cdf(xp.asarray(x32)))
+    assert cdf32.dtype == np.float32
+    want32 = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in x32])
+    assert np.abs(cdf32 - want32).max() < 3e-7
+
+
+def test_normal_cdf_coefficients_are_the_documented_fit():
+    from tinyvit.special import NORMAL_CDF_COEFFICIENTS, NORMAL_CDF_P, fit_normal_cdf_coefficients
+
+    for degree, coefficients in NORMAL_CDF_COEFFICIENTS.items():
+        refit = fit_normal_cdf_coefficients(NORMAL_CDF_P, degree)
+        np.testing.assert_allclose(refit, coefficients, rtol=1e-6, atol=1e-9)

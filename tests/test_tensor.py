@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from tinyvit import Tensor, concatenate, gradcheck, no_grad, stack, tensor
+from tinyvit import Tensor, concatenate, gradcheck, no_grad, stack
 from tinyvit.backend import to_numpy
+from tinyvit.tensor import tensor
 
 # (name, tinyvit op, NumPy reference, input shapes, positive inputs?)
 BINARY = [

@@ -18,7 +18,7 @@ from . import backend, composed, functional, nn, vit
 from .backend import manual_seed
 from .checkpoint import load, save
 from .gradcheck import GradcheckError, gradcheck
-from .tensor import Tensor, as_tensor, concatenate, is_grad_enabled, matmul, no_grad, stack, tensor
+from .tensor import Tensor, as_tensor, concatenate, is_grad_enabled, matmul, no_grad, stack
 from .vit import ViT, create
 
 __version__ = "0.1.0"
@@ -42,6 +42,5 @@ __all__ = [
     "no_grad",
     "save",
     "stack",
-    "tensor",
     "vit",
 ]

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 
 from . import backend
-from .backend import xp_of
-from .special import erf
-from .tensor import Tensor, as_tensor
+from .backend import for_each_chunk, xp_of
+from .special import normal_cdf
+from .tensor import Tensor, as_tensor, is_grad_enabled
 
 # ---------------------------------------------------------------------------
 # linear
@@ -43,7 +43,9 @@ def linear(x, weight, bias=None) -> Tensor:
     """
     x, weight = as_tensor(x), as_tensor(weight)
     bias = None if bias is None else as_tensor(bias)
-    xp_of(x.data, weight.data, None if bias is None else bias.data, names=("x", "weight", "bias"))
+    xp = xp_of(
+        x.data, weight.data, None if bias is None else bias.data, names=("x", "weight", "bias")
+    )
     out_features, in_features = weight.shape
     if x.shape[-1] != in_features:
         raise ValueError(
@@ -61,7 +63,9 @@ def linear(x, weight, bias=None) -> Tensor:
         g2 = g.reshape(-1, out_features)  # (M, out)
         gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None  # dL/dx = g W
         gw = g2.T @ x2 if weight.requires_grad else None  # dL/dW = g^T x
-        gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
+        gb = None
+        if bias is not None and bias.requires_grad:  # column sums, by BLAS: ones @ g
+            gb = xp.ones(g2.shape[0], dtype=g2.dtype) @ g2
         return gx, gw, gb
 
     return Tensor.from_op(
@@ -74,19 +78,54 @@ def linear(x, weight, bias=None) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _softmax(x, axis):
-    """Softmax of an array; subtracting the maximum first keeps exp from overflowing."""
+def _softmax_rows(x, out):
+    """One block of rows: ``out = softmax(x)`` along the last axis (``out`` may be ``x``)."""
     xp = xp_of(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
+    xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)  # shifted: exp cannot overflow
+    xp.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+
+
+def _softmax_backward_rows(y, g, out):
+    """One block: ``out = y * (g - sum(g * y))``, the softmax's Jacobian-vector product.
+
+    ``out`` may be ``g`` itself.
+    """
+    xp = xp_of(y)
+    total = (g * y).sum(axis=-1, keepdims=True)  # (R, 1)
+    xp.subtract(g, total, out=out)
+    out *= y
+
+
+def _last_axis_rows(a):
+    """``a`` as a 2-D ``(rows, last axis)`` array (a view when ``a`` is contiguous)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def _softmax(x, axis):
+    """Softmax of an array along ``axis``; along the last one, in parallel row blocks."""
+    xp = xp_of(x)
+    if axis not in (-1, x.ndim - 1):
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        e /= e.sum(axis=axis, keepdims=True)
+        return e
+    out = xp.empty(x.shape, dtype=x.dtype)
+    for_each_chunk(_softmax_rows, _last_axis_rows(x), _last_axis_rows(out))
+    return out
 
 
 def _softmax_backward(y, g, axis):
-    """dL/dx for y = softmax(x): ``y * (g - sum(g * y))``, the Jacobian-vector product."""
-    gy = g * y
-    gy -= y * gy.sum(axis=axis, keepdims=True)
-    return gy
+    """dL/dx for ``y = softmax(x)``: ``y * (g - sum(g * y))``."""
+    xp = xp_of(y)
+    if axis not in (-1, y.ndim - 1):
+        gy = g * y
+        gy -= y * gy.sum(axis=axis, keepdims=True)
+        return gy
+    out = xp.empty(y.shape, dtype=y.dtype)
+    for_each_chunk(
+        _softmax_backward_rows, _last_axis_rows(y), _last_axis_rows(g), _last_axis_rows(out)
+    )
+    return out
 
 
 def softmax(x, axis=-1) -> Tensor:
@@ -198,6 +237,48 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean") -> Tens
 # ---------------------------------------------------------------------------
 
 
+def _layer_norm_rows(x, y, xhat, rstd, weight, bias, eps):
+    """One block of rows ``(R, D)``: the forward, keeping ``xhat`` and ``rstd`` for backward.
+
+    Row means are matrix-vector products with ``1/D``: BLAS sums a short row
+    several times faster than ``mean(axis=-1)`` does.
+    """
+    xp = xp_of(x)
+    average = xp.full(x.shape[-1], 1.0 / x.shape[-1], dtype=x.dtype)  # (D,)
+    xp.subtract(x, (x @ average)[:, None], out=xhat)  # x - mean
+    xp.multiply(xhat, xhat, out=y)  # y as scratch: squared deviations
+    variance = y @ average  # (R,), biased
+    variance += eps
+    xp.sqrt(variance, out=variance)
+    xp.divide(1.0, variance, out=rstd[:, 0])  # 1 / sqrt(var + eps)
+    xhat *= rstd  # (R, D) normalised
+    if weight is not None:
+        xp.multiply(xhat, weight, out=y)
+    else:
+        y[...] = xhat
+    if bias is not None:
+        y += bias
+
+
+def _layer_norm_backward_rows(g, xhat, rstd, weight, gx):
+    """One block: ``gx = rstd * (h - mean(h) - xhat * mean(h * xhat))`` with ``h = g * weight``.
+
+    With ``w = weight / D``, ``mean(h) = g @ w`` and ``mean(h * xhat) = (g * xhat) @ w``:
+    two matrix-vector products.
+    """
+    xp = xp_of(g)
+    scaled = (weight if weight is not None else xp.ones(g.shape[-1], dtype=g.dtype)) / g.shape[-1]
+    mean_h = g @ scaled  # (R,)
+    mean_hx = (g * xhat) @ scaled  # (R,)
+    if weight is not None:
+        xp.multiply(g, weight, out=gx)  # h
+    else:
+        gx[...] = g
+    gx -= mean_h[:, None]
+    gx -= xhat * mean_hx[:, None]
+    gx *= rstd
+
+
 def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     """Normalise the last axis to zero mean and unit variance, then scale and shift.
 
@@ -211,7 +292,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
         dL/dx = r * (h - mean(h) - xhat * mean(h * xhat))
 
     the two means being the gradient's paths through the mean and the
-    variance.
+    variance. Forward and backward run on blocks of rows in parallel.
     """
     x = as_tensor(x)
     weight = None if weight is None else as_tensor(weight)
@@ -229,84 +310,163 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
                 f"layer_norm: {name} has shape {p.shape}, expected ({dim},) "
                 f"for x of shape {x.shape}"
             )
-    xc = x.data - x.data.mean(axis=-1, keepdims=True)  # (..., D)
-    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-    xhat = xc * rstd  # (..., D); xc is not needed again
-    y = xhat * weight.data if weight is not None else xhat.copy()
-    if bias is not None:
-        y += bias.data
+    w = None if weight is None else weight.data
+    b = None if bias is None else bias.data
+    rows = _last_axis_rows(x.data)  # (R, D)
+    y = xp.empty(rows.shape, dtype=x.dtype)
+    xhat = xp.empty(rows.shape, dtype=x.dtype)
+    rstd = xp.empty((rows.shape[0], 1), dtype=x.dtype)
+    blocks = backend.row_blocks(rows)
+    backend.parallel(lambda r: _layer_norm_rows(rows[r], y[r], xhat[r], rstd[r], w, b, eps), blocks)
 
     def backward(g):
-        gx = gw = gb = None
-        if x.requires_grad:
-            h = g * weight.data if weight is not None else g.copy()
-            h -= h.mean(axis=-1, keepdims=True) + xhat * (h * xhat).mean(axis=-1, keepdims=True)
-            h *= rstd
-            gx = h
-        if weight is not None and weight.requires_grad:
-            gw = (g * xhat).reshape(-1, dim).sum(axis=0)
-        if bias is not None and bias.requires_grad:
-            gb = g.reshape(-1, dim).sum(axis=0)
-        return gx, gw, gb
+        g = _last_axis_rows(g)  # (R, D)
+        gx = xp.empty(rows.shape, dtype=x.dtype) if x.requires_grad else None
+        # per-block sums for the weight and bias gradients, added up in a fixed order
+        gw = xp.empty((len(blocks), dim), dtype=x.dtype)
+        gb = xp.empty((len(blocks), dim), dtype=x.dtype)
 
-    return Tensor.from_op(y, (x, weight, bias), backward, "layer_norm")
+        def block(i):
+            r = blocks[i]
+            if gx is not None:
+                _layer_norm_backward_rows(g[r], xhat[r], rstd[r], w, gx[r])
+            ones = xp.ones(r.stop - r.start, dtype=x.dtype)  # sums over rows, by BLAS
+            if weight is not None and weight.requires_grad:
+                xp.matmul(ones, g[r] * xhat[r], out=gw[i])
+            if bias is not None and bias.requires_grad:
+                xp.matmul(ones, g[r], out=gb[i])
+
+        backend.parallel(block, range(len(blocks)))
+        return (
+            None if gx is None else gx.reshape(x.shape),
+            gw.sum(axis=0) if weight is not None and weight.requires_grad else None,
+            gb.sum(axis=0) if bias is not None and bias.requires_grad else None,
+        )
+
+    return Tensor.from_op(y.reshape(x.shape), (x, weight, bias), backward, "layer_norm")
 
 
 # ---------------------------------------------------------------------------
 # GELU
 # ---------------------------------------------------------------------------
 
-_SQRT_2 = math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _TANH_CUBIC = 0.044715
+
+
+def _gelu_exact(x, y, d=None):
+    """One block: ``y = x Phi(x)`` and, if asked, the derivative ``d = Phi(x) + x phi(x)``."""
+    xp = xp_of(x)
+    if d is None:
+        xp.multiply(x, normal_cdf(x), out=y)
+        return
+    cdf, pdf = normal_cdf(x, with_pdf=True)  # the Gaussian CDF and density
+    xp.multiply(x, cdf, out=y)
+    pdf *= x
+    xp.add(pdf, cdf, out=d)
+
+
+def _gelu_tanh(x, y, d=None):
+    """One block of the tanh form: ``y = x (1 + t) / 2``, ``t = tanh(sqrt(2/pi) (x + c x^3))``."""
+    xp = xp_of(x)
+    x2 = x * x
+    t = x2 * _TANH_CUBIC
+    t += 1.0
+    t *= x
+    t *= _SQRT_2_OVER_PI
+    xp.tanh(t, out=t)
+    if d is not None:
+        # d = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 c x^2)
+        x2 *= 3.0 * _TANH_CUBIC * _SQRT_2_OVER_PI
+        x2 += _SQRT_2_OVER_PI  # du/dx
+        slope = t * t
+        xp.subtract(1.0, slope, out=slope)  # 1 - t^2
+        slope *= x2
+        slope *= x
+        slope += t
+        slope += 1.0
+        xp.multiply(slope, 0.5, out=d)
+    t += 1.0
+    t *= x
+    xp.multiply(t, 0.5, out=y)
 
 
 def gelu(x, approximate="none") -> Tensor:
     """Gaussian Error Linear Unit, ``x * Phi(x)`` with ``Phi`` the Gaussian CDF.
 
-    ``approximate="none"``: the exact form, ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``
-    (erf from ``special.py``); its derivative is ``Phi(x) + x * phi(x)``, with
-    ``phi`` the Gaussian density.
+    ``approximate="none"``: the exact form, ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``,
+    computed by ``special.normal_cdf`` (within 2e-10 in float64); its derivative
+    is ``Phi(x) + x * phi(x)``, with ``phi`` the Gaussian density.
     ``approximate="tanh"``: ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``,
     the form of the original ViT code.
+
+    The forward already holds every piece of the derivative, so when a
+    gradient will be needed it computes the derivative there, in the same
+    pass over the data, and keeps that one array instead of ``x``: the
+    backward is then a single multiplication.
     """
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', not {approximate!r}")
     x = as_tensor(x)
     xp = xp_of(x.data)
-    a = x.data
-    if approximate == "none":
-        cdf = erf(a * (1.0 / _SQRT_2))
-        cdf += 1.0
-        cdf *= 0.5  # Phi(x)
-        y = a * cdf
+    kernel = _gelu_exact if approximate == "none" else _gelu_tanh
+    flat = x.data.reshape(-1)  # elementwise: any blocks will do
+    y = xp.empty(flat.shape, dtype=x.dtype)
+    if not (x.requires_grad and is_grad_enabled()):
+        for_each_chunk(kernel, flat, y)
+        return Tensor(y.reshape(x.shape))
+    d = xp.empty(flat.shape, dtype=x.dtype)
+    for_each_chunk(kernel, flat, y, d)
 
-        def backward(g):  # g * (Phi(x) + x * phi(x))
-            d = xp.exp(a * a * -0.5)
-            d *= _INV_SQRT_2PI
-            d *= a
-            d += cdf
-            d *= g
-            return (d,)
+    def backward(g):
+        out = xp.empty(flat.shape, dtype=x.dtype)
+        for_each_chunk(lambda g_, d_, o_: xp.multiply(g_, d_, out=o_), g.reshape(-1), d, out)
+        return (out.reshape(x.shape),)
 
-    else:
-        t = xp.tanh(_SQRT_2_OVER_PI * (a + _TANH_CUBIC * a * a * a))
-        y = 0.5 * a * (1.0 + t)
-
-        def backward(g):
-            # d/dx [x (1 + t) / 2] = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3c x^2)
-            du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_CUBIC * a * a)
-            d = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * du
-            d *= g
-            return (d,)
-
-    return Tensor.from_op(y, (x,), backward, "gelu")
+    return Tensor.from_op(y.reshape(x.shape), (x,), backward, "gelu")
 
 
 # ---------------------------------------------------------------------------
 # attention
 # ---------------------------------------------------------------------------
+
+
+def _attention_blocks(q, k, v, out, attn, scale):
+    """The forward in blocks of the batch axis: scores, softmax, weighted values.
+
+    Each block's ``(b, heads, N, M)`` attention matrix stays in cache from
+    its scores to its use, and the blocks run on all cores.
+    """
+    xp = xp_of(q)
+
+    def block(r):
+        scores = attn[r]
+        xp.matmul(q[r], xp.swapaxes(k[r], -1, -2), out=scores)  # (b, heads, N, M)
+        scores *= scale
+        _softmax_rows(scores, scores)  # A = softmax(q k^T / sqrt(D_h)), Eq. 6
+        xp.matmul(scores, v[r], out=out[r])  # SA = A v, Eq. 7: (b, heads, N, dv)
+
+    backend.parallel(block, backend.row_blocks(attn))
+
+
+def _attention_backward_blocks(g, q, k, v, attn, scale, gq, gk, gv):
+    """The fused backward in the same blocks; any of ``gq, gk, gv`` may be None."""
+    xp = xp_of(g)
+
+    def block(r):
+        if gv is not None:
+            xp.matmul(xp.swapaxes(attn[r], -1, -2), g[r], out=gv[r])  # dV = A^T g
+        if gq is None and gk is None:
+            return
+        gs = g[r] @ xp.swapaxes(v[r], -1, -2)  # dA = g V^T: (b, heads, N, M)
+        _softmax_backward_rows(attn[r], gs, gs)  # dS = A * (dA - sum(dA * A))
+        gs *= scale
+        if gq is not None:
+            xp.matmul(gs, k[r], out=gq[r])  # dQ = scale dS K
+        if gk is not None:
+            xp.matmul(xp.swapaxes(gs, -1, -2), q[r], out=gk[r])  # dK = scale dS^T Q
+
+    backend.parallel(block, backend.row_blocks(attn))
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
@@ -336,27 +496,68 @@ def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
         )
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = q.data @ xp.swapaxes(k.data, -1, -2)  # (B, heads, N, M)
-    scores *= scale
-    attn = _softmax(scores, axis=-1)  # (B, heads, N, M)
-    out = attn @ v.data  # (B, heads, N, dv)
+    lead, n, m = q.shape[:-2], q.shape[-2], k.shape[-2]
+    # Blocks run over one leading axis: fold all leading axes into it (views when contiguous).
+    q3, k3, v3 = (t.data.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    attn = xp.empty((q3.shape[0], n, m), dtype=q.dtype)  # (B*heads, N, M)
+    out = xp.empty((q3.shape[0], n, v.shape[-1]), dtype=q.dtype)  # (B*heads, N, dv)
+    _attention_blocks(q3, k3, v3, out, attn, scale)
 
     def backward(g):
-        gq = gk = gv = None
-        if v.requires_grad:
-            gv = xp.swapaxes(attn, -1, -2) @ g  # (B, heads, M, dv)
-        if q.requires_grad or k.requires_grad:
-            gs = _softmax_backward(
-                attn, g @ xp.swapaxes(v.data, -1, -2), axis=-1
-            )  # (B, heads, N, M)
-            gs *= scale
-            if q.requires_grad:
-                gq = gs @ k.data  # (B, heads, N, d)
-            if k.requires_grad:
-                gk = xp.swapaxes(gs, -1, -2) @ q.data  # (B, heads, M, d)
-        return gq, gk, gv
+        grads = [
+            xp.empty(a.shape, dtype=a.dtype) if t.requires_grad else None
+            for a, t in zip((q3, k3, v3), (q, k, v))
+        ]
+        g3 = g.reshape(out.shape)
+        _attention_backward_blocks(g3, q3, k3, v3, attn, scale, *grads)
+        return tuple(None if a is None else a.reshape(t.shape) for a, t in zip(grads, (q, k, v)))
 
-    result = Tensor.from_op(out, (q, k, v), backward, "scaled_dot_product_attention")
+    result = Tensor.from_op(out.reshape(*lead, n, -1), (q, k, v), backward, "attention")
+    return (result, attn.reshape(*lead, n, m)) if need_weights else result
+
+
+def self_attention(qkv, heads, need_weights=False):
+    """Multi-head self-attention on packed projections (Eq. 5-7 for every head at once).
+
+    ``qkv`` is the ``(B, N, 3D)`` output of the fused ``qkv`` projection,
+    queries, keys and values side by side, each split into ``heads`` heads of
+    ``D_h = D / heads``. Returns the heads' outputs concatenated, ``(B, N, D)``,
+    ready for the output projection (Eq. 8).
+
+    The same computation as ``scaled_dot_product_attention`` on ``q, k, v``
+    cut out of ``qkv``, but the cutting is done with strided views rather
+    than copies, the output is written directly in ``(B, N, heads, D_h)``
+    order, and the backward writes the three gradients straight into one
+    ``(B, N, 3D)`` array.
+    """
+    qkv = as_tensor(qkv)
+    xp = xp_of(qkv.data)
+    B, N, three_d = qkv.shape
+    if three_d % (3 * heads):
+        raise ValueError(
+            f"self_attention: the last axis ({three_d}) must be 3 * heads * head_dim "
+            f"for {heads} heads"
+        )
+    head_dim = three_d // (3 * heads)
+    scale = 1.0 / math.sqrt(head_dim)
+    split = qkv.data.reshape(B, N, 3, heads, head_dim)  # (B, N, 3, heads, D_h), a view
+
+    def heads_first(a, i):  # (B, N, ., heads, D_h) -> (B, heads, N, D_h), a view
+        return a[:, :, i].transpose(0, 2, 1, 3)
+
+    q, k, v = (heads_first(split, i) for i in range(3))
+    out = xp.empty((B, N, heads, head_dim), dtype=qkv.dtype)  # heads side by side
+    attn = xp.empty((B, heads, N, N), dtype=qkv.dtype)
+    _attention_blocks(q, k, v, out.transpose(0, 2, 1, 3), attn, scale)
+
+    def backward(g):
+        grad = xp.empty((B, N, 3, heads, head_dim), dtype=qkv.dtype)
+        g4 = g.reshape(B, N, heads, head_dim).transpose(0, 2, 1, 3)  # (B, heads, N, D_h)
+        gq, gk, gv = (heads_first(grad, i) for i in range(3))
+        _attention_backward_blocks(g4, q, k, v, attn, scale, gq, gk, gv)
+        return (grad.reshape(B, N, three_d),)
+
+    result = Tensor.from_op(out.reshape(B, N, heads * head_dim), (qkv,), backward, "self_attention")
     return (result, attn) if need_weights else result
 
 
@@ -397,5 +598,6 @@ __all__ = [
     "layer_norm",
     "gelu",
     "scaled_dot_product_attention",
+    "self_attention",
     "dropout",
 ]

@@ -290,15 +290,13 @@ class Attention(Module):
         self.attention = None
 
     def forward(self, x):
-        B, N, D = x.shape
-        qkv = self.qkv(x)  # (B, N, 3D)
-        qkv = qkv.reshape(B, N, 3, self.heads, self.head_dim)  # (B, N, 3, heads, head_dim)
-        qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, heads, N, head_dim)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, heads, N, head_dim)
-        out, attn = F.scaled_dot_product_attention(q, k, v, need_weights=True)
+        qkv = self.qkv(x)  # (B, N, 3D): [q | k | v], each cut into heads of head_dim
+        # Eq. 6-7 for every head; the heads' outputs come back side by side: (B, N, D).
+        # (F.self_attention is F.scaled_dot_product_attention on q, k, v cut out of
+        # qkv, with the cutting and re-joining done without copies.)
+        out, attn = F.self_attention(qkv, self.heads, need_weights=True)
         self.attention = attn if self.keep_attention else None  # (B, heads, N, N)
-        out = out.transpose(0, 2, 1, 3).reshape(B, N, D)  # heads side by side: (B, N, D)
-        return self.drop(self.proj(out))
+        return self.drop(self.proj(out))  # Eq. 8
 
     def extra_repr(self):
         return f"dim={self.dim}, heads={self.heads}"

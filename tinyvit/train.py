@@ -165,6 +165,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         c = config
         backend.check_device_name(c.device)
+        if c.device == "cpu":
+            backend.keep_freed_memory()  # reuse freed activations instead of refaulting them
         self.x_train, self.y_train = (
             dataset.x_train[: c.train_limit],
             dataset.y_train[: c.train_limit],
