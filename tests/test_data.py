@@ -594,7 +594,7 @@ def same(a, b):
     )
 
 
-@pytest.mark.parametrize("augment", ["basic", "randaugment"])
+@pytest.mark.parametrize("augment", ["flip", "basic", "randaugment"])
 def test_same_seed_same_batches(toy, device, augment):
     x, y = toy
 
@@ -656,3 +656,10 @@ def test_batches_refuse_bad_arguments(toy):
         D.batches(x, y[:49], 8)
     with pytest.raises(TypeError, match="uint8"):
         D.batches(x.astype(np.float32), y, 8)
+
+
+def test_the_flip_policy_only_mirrors(xp):
+    images = xp.asarray(np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4))
+    out = D.augment_batch(images, np.random.default_rng(0), "flip")
+    for original, flipped in zip(host(images), host(out)):
+        assert np.array_equal(flipped, original) or np.array_equal(flipped, original[:, :, ::-1])

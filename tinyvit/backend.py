@@ -193,13 +193,21 @@ def parallel(fn, items) -> None:
     The calls must not depend on each other (they write disjoint outputs).
     """
     items = list(items)
-    if len(items) == 1:
-        fn(items[0])
+    threads = min(num_threads(), len(items))
+    if threads == 1:
+        for item in items:
+            fn(item)
         return
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(num_threads(), thread_name_prefix="tinyvit")
-    for _ in _pool.map(fn, items):  # re-raises the first exception, if any
+
+    def run_share(k):  # thread k takes items k, k + threads, k + 2 threads, ...
+        for item in items[k::threads]:
+            fn(item)
+
+    # One task per thread, not per item: a task costs a lock and a future.
+    for _ in _pool.map(run_share, range(threads)):  # re-raises the first exception
         pass
 
 

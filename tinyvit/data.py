@@ -789,17 +789,20 @@ def cutmix(images, labels, alpha: float, rng: np.random.Generator, num_classes: 
 # Batches
 # ---------------------------------------------------------------------------
 
-AUGMENTS = ("none", "basic", "randaugment")
+AUGMENTS = ("none", "flip", "basic", "randaugment")
 
 
 def augment_batch(images, rng, policy: str = "basic", *, num_ops: int = 2, magnitude: float = 9):
     """Augment a uint8 batch by one of the ``AUGMENTS`` policies.
 
-    "none" leaves it alone; "basic" is a random crop (padding 4) and a
-    horizontal flip; "randaugment" is ``rand_augment``, then crop and flip.
+    "none" leaves it alone; "flip" is a horizontal flip alone (the mildest,
+    for short runs); "basic" is a random crop (padding 4) and a horizontal
+    flip; "randaugment" is ``rand_augment``, then crop and flip.
     """
     if policy == "none":
         return images
+    if policy == "flip":
+        return horizontal_flip(images, rng)
     if policy == "randaugment":
         images = rand_augment(images, rng, num_ops=num_ops, magnitude=magnitude)
     elif policy != "basic":

@@ -263,7 +263,7 @@ CONFIGS = {
     "deit_small_patch16_224": _imagenet(16, 384, 12, 6, 1536),
     # For 32 x 32 images (CIFAR-10). Small enough for a CPU:
     "vit_cifar_tiny": dict(
-        image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=256
+        image_size=32, patch_size=4, num_classes=10, dim=96, depth=6, heads=3, mlp_dim=192
     ),
     # Like ViT-Lite-7/4 of the Compact Transformers paper, for GPU runs:
     "vit_lite_7_4": dict(
