@@ -91,3 +91,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_litter(tmp_path, monkeypatch)
 def test_saving_needs_a_configuration(tmp_path):
     with pytest.raises(TypeError, match="configuration"):
         tinyvit.save(tinyvit.nn.Linear(2, 3), tmp_path / "x.npz")
+
+
+def test_written_files_get_plain_permissions(tmp_path):
+    """Staged through mkstemp (owner-only), but landing with 0666 minus the umask."""
+    import stat
+
+    from tinyvit.viz import plt, save_figure
+
+    mask = os.umask(0o022)
+    try:
+        npz = write_npz(tmp_path / "a.npz", {"x": np.zeros(3, np.float32)})
+        png = save_figure(plt.figure(), tmp_path / "a.png")
+    finally:
+        os.umask(mask)
+    for path in (npz, png):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -32,6 +32,17 @@ class CheckpointError(ValueError):
     """A file that is not a (complete) tinyvit checkpoint."""
 
 
+def default_file_mode(path) -> None:
+    """Give a temporary file the permissions of a plain ``open()`` (0666 minus the umask).
+
+    ``tempfile.mkstemp`` creates files readable by their owner alone; the
+    checkpoints and figures it stages are meant to be shared like any other.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_npz(path, arrays: dict) -> Path:
     """Write ``{name: array}`` to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
@@ -42,6 +53,7 @@ def write_npz(path, arrays: dict) -> Path:
             np.savez(f, **{k: backend.to_numpy(v) for k, v in arrays.items()})
             f.flush()
             os.fsync(f.fileno())
+        default_file_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
