@@ -14,9 +14,21 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-bat
 FIGURES = {
     "01_autograd.py": ["derivative.png", "descent.png"],
     "02_gradcheck.py": ["central_difference_error.png", "every_layer.png"],
+    "03_image_as_sequence.py": ["patch_grid.png", "patch_sequence.png", "embedding.png"],
+    "04_self_attention.py": ["attention_heads.png", "softmax_scaling.png"],
+    "05_the_whole_vit.py": ["residual_updates.png", "parameters.png"],
     "06_train_cifar10.py": ["curves.png", "confusion.png"],
+    "07_attention_maps.py": ["attention_right.png", "attention_wrong.png", "rollout_fusions.png"],
+    "08_what_it_learned.py": [
+        "embedding_filters.png",
+        "position_similarity.png",
+        "attention_distance.png",
+        "figure7.png",
+    ],
+    "09_fine_tuning.py": ["pos_embed_resampled.png", "finetune_curves.png"],
+    "10_masked_patch_prediction.py": ["pretrain_loss.png", "mpp_examples.png", "comparison.png"],
 }
-NEEDS_DATA = {"06_train_cifar10.py"}
+NEEDS_DATA = {name for name in FIGURES if name[:2] >= "06"}
 
 
 def test_every_lesson_is_listed():
@@ -30,14 +42,18 @@ def test_lesson_runs_quick(lesson, tmp_path):
         if not SHARED.is_dir():
             pytest.skip("no CIFAR-10 copy beside the repository")
         extra = ["--data-dir", str(SHARED)]
+    # In a fresh working folder: lessons 7-9 must not find a lesson-6 model
+    # left in the repository's runs/ and must train their own short one.
+    out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(LESSONS / lesson), "--quick", "--out", str(tmp_path), *extra],
+        [sys.executable, str(LESSONS / lesson), "--quick", "--out", str(out), *extra],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     for figure in FIGURES[lesson]:
-        path = tmp_path / figure
+        path = out / figure
         assert path.exists() and path.stat().st_size > 5000, f"{lesson} did not write {figure}"
         assert str(path) in result.stdout  # the lesson says where it wrote it
