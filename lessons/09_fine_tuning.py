@@ -40,9 +40,9 @@ import numpy as np
 
 from tinyvit import backend, data, manual_seed, no_grad
 from tinyvit.checkpoint import write_npz
-from tinyvit.interop import for_finetuning, load_official
+from tinyvit.finetune import finetune, upsample
+from tinyvit.interop import for_finetuning, load_official, to_official
 from tinyvit.lesson import checkpoint_flags, lesson_arguments, trained_model
-from tinyvit.pretrain import finetune, to_official, upsample
 from tinyvit.vit import ViT
 from tinyvit.viz import draw_position_similarity, plt, save_figure
 
@@ -106,7 +106,7 @@ print(f"unchanged model at {model.image_size} x {model.image_size}: {100 * basel
 # The paper's models are published as ``.npz`` files in the layout of the
 # original JAX code (``ViT-B_16.npz`` and friends). To walk the same path
 # without downloading anything, we write our checkpoint in that layout
-# (``tinyvit.pretrain.to_official``) and read it back with
+# (``tinyvit.interop.to_official``) and read it back with
 # ``tinyvit.interop.load_official``, asking for 5 classes at the new
 # resolution: the loader removes the head, attaches a zero-initialised one
 # and resamples the position embeddings. (The official models use the tanh
@@ -156,7 +156,7 @@ print("wrote", save_figure(fig, args.out / "pos_embed_resampled.png"))
 # %% [markdown]
 # ## 4. Fine-tune, and train from scratch for the same steps
 #
-# Both runs use ``tinyvit.pretrain.finetune``: AdamW, a linear warm-up and
+# Both runs use ``tinyvit.finetune.finetune``: AdamW, a linear warm-up and
 # a cosine decay, label smoothing, gradient clipping, flips, and the
 # 48 x 48 images. The pre-trained model takes gentle steps (peak learning
 # rate 3e-4, so as not to wash out what it knows); the model from scratch

@@ -37,6 +37,7 @@ import numpy as np
 
 from tinyvit import backend, data, manual_seed, no_grad
 from tinyvit.fewshot import features, fewshot_accuracy
+from tinyvit.finetune import finetune, with_new_head
 from tinyvit.lesson import data_dir_flag, lesson_arguments
 from tinyvit.pretrain import (
     KEPT,
@@ -44,10 +45,8 @@ from tinyvit.pretrain import (
     MaskedPatchPrediction,
     colour_view,
     corrupted_view,
-    finetune,
     patch_colour_classes,
     pretrain,
-    with_new_head,
 )
 from tinyvit.vit import ViT
 from tinyvit.vit import config as vit_config

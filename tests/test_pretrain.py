@@ -1,7 +1,6 @@
-"""Masked patch prediction (Section 4.6) and the fine-tuning helpers (Section 3.2): mean-colour
-targets on hand-made images, the corruption's proportions and seeds, the composed clean path
-equal to ``forward_features``, gradients in float64, the official layout written and read back,
-upsampling against PyTorch, and clear errors."""
+"""Masked patch prediction (Section 4.6): mean-colour targets on hand-made images, the
+corruption's proportions and seeds, the composed clean path equal to ``forward_features``,
+gradients in float64, and clear errors."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ import numpy as np
 import pytest
 
 from tinyvit import Tensor, ViT, backend, gradcheck, manual_seed
-from tinyvit.checkpoint import write_npz
-from tinyvit.interop import for_finetuning, load_official, official_to_state_dict
 from tinyvit.pretrain import (
     KEPT,
     MASKED,
@@ -22,13 +19,8 @@ from tinyvit.pretrain import (
     colour_view,
     corrupted_view,
     draw_corruption,
-    evaluate,
-    finetune,
     patch_colour_classes,
     pretrain,
-    to_official,
-    upsample,
-    with_new_head,
 )
 
 SMALL = dict(image_size=8, patch_size=4, num_classes=3, dim=8, depth=2, heads=2, mlp_dim=16)
@@ -283,79 +275,3 @@ def test_pictures_of_the_corruption_and_of_colours():
     assert (painted[1] >= 0.75 - 1e-6).all()  # not corrupted: faded towards white
     with pytest.raises(ValueError, match="corruption of shape"):
         corrupted_view(raw[:1], Corruption(kind, source), 4)
-
-
-# ---------------------------------------------------------------- fine-tuning helpers
-
-
-def test_upsample_matches_torch_and_keeps_dtype():
-    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    up = upsample(x, 12)
-    assert up.shape == (2, 3, 12, 12) and up.dtype == np.float32
-    assert upsample(x, 8) is x
-    np.testing.assert_allclose(upsample(np.full((1, 3, 4, 4), 2.5), 10), 2.5)
-    torch = pytest.importorskip("torch")
-    ref = torch.nn.functional.interpolate(
-        torch.from_numpy(x.astype(np.float64)), size=(12, 12), mode="bilinear", align_corners=False
-    )
-    np.testing.assert_allclose(up, ref.numpy(), atol=1e-5)
-    with pytest.raises(TypeError, match="float images"):
-        upsample(np.zeros((2, 3, 8, 8), np.uint8), 12)
-
-
-def test_official_layout_round_trip(tmp_path):
-    manual_seed(3)
-    model = ViT(**{**SMALL, "gelu": "none"}).to(np.float64)
-    config, state = official_to_state_dict(to_official(model))
-    assert {k: v for k, v in config.items() if k != "gelu"} == {
-        k: v for k, v in model.config.items() if k in config and k != "gelu"
-    }
-    own = model.state_dict()
-    assert state.keys() == own.keys()
-    for k in own:
-        np.testing.assert_array_equal(state[k], own[k], err_msg=k)
-    path = write_npz(tmp_path / "ViT-tiny.npz", to_official(model))
-    back = load_official(path, gelu="none").to(np.float64)
-    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
-    np.testing.assert_allclose(back(x).data, model(x).data, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="class-token"):
-        to_official(ViT(**{**SMALL, "pool": "mean"}))
-
-
-def test_with_new_head_follows_the_recipe():
-    manual_seed(0)
-    model = ViT(**SMALL)
-    new = with_new_head(model, 3, image_size=16)  # same class count: still a fresh head
-    assert (new.head.weight.data == 0).all() and (new.head.bias.data == 0).all()
-    assert new.pos_embed.shape == (1, 1 + 16, 8) and new.image_size == 16
-    reference = for_finetuning(model, num_classes=5, image_size=16)
-    five = with_new_head(model, 5, image_size=16)
-    for k, v in reference.state_dict().items():
-        np.testing.assert_array_equal(five.state_dict()[k], v, err_msg=k)
-
-
-def test_finetune_and_evaluate_on_a_toy_task():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 96)
-    images = np.where(labels[:, None, None, None] == 1, 200, 40).astype(np.uint8)
-    images = np.broadcast_to(images, (96, 3, 8, 8)) + rng.integers(0, 30, (96, 3, 8, 8))
-    images = images.astype(np.uint8)
-    histories = []
-    for _ in range(2):
-        manual_seed(0)
-        model = with_new_head(ViT(**SMALL), 2, image_size=12)  # trained on upsampled images
-        histories.append(
-            finetune(
-                model, images[:64], labels[:64], images[64:], labels[64:], 30,
-                batch_size=16, lr=3e-3, eval_every=10, log=None,
-            )  # fmt: skip
-        )
-    again = [dict(r, seconds=h["seconds"]) for r, h in zip(histories[1], histories[0])]
-    assert histories[0] == again  # the same seed, the same run
-    assert [r["step"] for r in histories[0]] == [10, 20, 30]
-    assert histories[0][-1]["test_acc"] == 1.0
-    assert evaluate(model, images[64:], labels[64:]) == 1.0
-    with pytest.raises(ValueError, match="beyond the model's 2 classes"):
-        finetune(model, images, labels + 1, images, labels, 1, log=None)
-    with pytest.raises(TypeError, match="uint8"):
-        evaluate(model, images.astype(np.float32), labels)

@@ -21,6 +21,7 @@ def test_readme_starts_with_two_commands():
         c.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install")
         for c in commands
     )
+    assert commands[0].endswith("python -m tinyvit.train")  # the main job: training on CIFAR-10
     assert "pytest" in commands[1]
 
 

@@ -10,8 +10,15 @@ The package follows the paper's data flow, low to high:
     nn          Module, Parameter, Linear, LayerNorm, attention, the encoder block
     vit         the Vision Transformer and its named configurations
     checkpoint  save() and load() of a model with its configuration
-    interop     official Google checkpoints, fine-tuning at new resolutions
-    viz         figures
+    interop     official Google checkpoints (read and write), new resolutions
+    data        CIFAR-10: download, reading, batches, augmentation
+    optim       SGD, AdamW, warm-up and cosine decay, gradient clipping
+    train       the trainer and its command line (python -m tinyvit.train)
+    finetune    Section 3.2: a new head, a new resolution, a short supervised run
+    pretrain    Section 4.6: masked patch prediction
+    fewshot     the paper's few-shot linear probe on frozen features
+    viz         figures: curves, attention maps, rollout, Figure 7
+    lesson      the command line the lessons share
 """
 
 from . import backend, composed, functional, nn, vit

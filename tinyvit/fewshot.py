@@ -38,7 +38,7 @@ import numpy as np
 
 from . import backend, data
 from .backend import xp_of
-from .pretrain import upsample
+from .finetune import upsample
 from .tensor import no_grad
 
 

@@ -225,3 +225,45 @@ def load_official(path, num_classes=None, image_size=None, interpolation="bicubi
     model = ViT(**{**config, **changes})
     model.load_state_dict(state)
     return model
+
+
+def to_official(model: ViT) -> dict:
+    """``model``'s weights as the arrays of an official ``ViT-*.npz`` (the inverse of
+    ``interop.official_to_state_dict``): kernels ``(in, out)``, the patch kernel
+    ``(P, P, C, D)``, queries, keys and values as ``(D, heads, D_h)`` kernels."""
+    if model.pool != "cls":
+        raise ValueError("the official layout is for class-token models (pool='cls')")
+    s = model.state_dict()
+    D, H = model.config["dim"], model.config["heads"]
+    Dh = D // H
+    a = {
+        "embedding/kernel": s["patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # (P, P, C, D)
+        "embedding/bias": s["patch_embed.proj.bias"],
+        "cls": s["cls_token"],
+        "Transformer/posembed_input/pos_embedding": s["pos_embed"],
+    }
+    for i in range(len(model.blocks)):
+        src, dst = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        attn = dst + "MultiHeadDotProductAttention_1/"
+        a[dst + "LayerNorm_0/scale"] = s[src + "norm1.weight"]
+        a[dst + "LayerNorm_0/bias"] = s[src + "norm1.bias"]
+        qkv_w = s[src + "attn.qkv.weight"].reshape(3, D, D)  # [q; k; v], each (out, in)
+        qkv_b = s[src + "attn.qkv.bias"].reshape(3, D)
+        for j, part in enumerate(("query", "key", "value")):
+            a[attn + f"{part}/kernel"] = qkv_w[j].T.reshape(D, H, Dh)  # (D, heads, D_h)
+            a[attn + f"{part}/bias"] = qkv_b[j].reshape(H, Dh)
+        a[attn + "out/kernel"] = s[src + "attn.proj.weight"].T.reshape(H, Dh, D)
+        a[attn + "out/bias"] = s[src + "attn.proj.bias"]
+        a[dst + "LayerNorm_2/scale"] = s[src + "norm2.weight"]
+        a[dst + "LayerNorm_2/bias"] = s[src + "norm2.bias"]
+        for j, layer in enumerate(("fc1", "fc2")):
+            a[dst + f"MlpBlock_3/Dense_{j}/kernel"] = s[src + f"mlp.{layer}.weight"].T
+            a[dst + f"MlpBlock_3/Dense_{j}/bias"] = s[src + f"mlp.{layer}.bias"]
+    a["Transformer/encoder_norm/scale"] = s["norm.weight"]
+    a["Transformer/encoder_norm/bias"] = s["norm.bias"]
+    if model.pre_logits is not None:
+        a["pre_logits/kernel"] = s["pre_logits.fc.weight"].T
+        a["pre_logits/bias"] = s["pre_logits.fc.bias"]
+    a["head/kernel"] = s["head.weight"].T
+    a["head/bias"] = s["head.bias"]
+    return {k: np.ascontiguousarray(v) for k, v in a.items()}

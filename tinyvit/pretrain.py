@@ -23,12 +23,7 @@ pre-trained so on JFT for 1M steps: 2% better than training from scratch,
 * ``pretrain`` is the loop: batches of unlabelled images, AdamW, warm-up and
   cosine decay, gradient clipping.
 
-**Fine-tuning** (Section 3.2): replace the head by a zero-initialised one for
-the new task's classes and, at a higher resolution, keep the patch size and
-resample the grid of position embeddings (``tinyvit.interop.for_finetuning``).
-``finetune`` trains such a model on labelled images, upsampled to its
-resolution by ``upsample``; ``evaluate`` measures it. ``to_official`` writes a
-model in the official checkpoint layout that ``interop.load_official`` reads.
+Fine-tuning the pre-trained model on labels is ``tinyvit.finetune``.
 """
 
 from __future__ import annotations
@@ -42,10 +37,9 @@ import numpy as np
 from . import backend, data
 from . import functional as F
 from .backend import xp_of
-from .interop import adapt, interpolation_matrix
+from .finetune import adamw_with_schedule, check_finite, take_step, uint8_images
 from .nn import Linear, Module, Parameter, trunc_normal
-from .optim import AdamW, WarmupCosine, clip_grad_norm
-from .tensor import Tensor, concatenate, no_grad
+from .tensor import Tensor, concatenate
 from .vit import ViT
 
 # ---------------------------------------------------------------------------
@@ -347,26 +341,8 @@ def colour_view(raw, classes, where, patch_size, bits=3, fade=0.25):
 
 
 # ---------------------------------------------------------------------------
-# Loops: pre-training and fine-tuning share an optimiser recipe
+# The pre-training loop
 # ---------------------------------------------------------------------------
-
-
-def _optimiser(module, lr, weight_decay, steps, warmup_steps, min_lr=1e-6):
-    schedule = WarmupCosine(lr, steps, min(warmup_steps, steps), min(min_lr, lr))
-    return AdamW(module, lr=lr, weight_decay=weight_decay), schedule
-
-
-def _step(module, optimiser, loss, clip):
-    optimiser.zero_grad()
-    loss.backward()
-    if clip:
-        clip_grad_norm(module.parameters(), clip)
-    optimiser.step()
-
-
-def _check_finite(value, what, step):
-    if not math.isfinite(value):
-        raise FloatingPointError(f"{what}: the loss became {value} at step {step}; try a lower lr")
 
 
 def pretrain(
@@ -393,11 +369,11 @@ def pretrain(
     gradient clipping at ``clip``. Returns a list of ``{step, loss, seconds}``
     records, one per step; the model is trained in place.
     """
-    images = _uint8_images(images)
+    images = uint8_images(images)
     if batch_size > len(images):
         raise ValueError(f"batch_size {batch_size} is larger than the {len(images)} images")
     warmup = steps // 10 if warmup_steps is None else warmup_steps
-    optimiser, schedule = _optimiser(model, lr, weight_decay, steps, warmup)
+    optimiser, schedule = adamw_with_schedule(model, lr, weight_decay, steps, warmup)
     model.train()
     history, started = [], time.perf_counter()
     per_epoch, order = len(images) // batch_size, None
@@ -412,8 +388,8 @@ def pretrain(
         optimiser.set_lr(schedule(step))
         loss = model.loss(raw, model.corrupt(len(raw), rng))
         value = loss.item()
-        _check_finite(value, "pretrain", step)
-        _step(model, optimiser, loss, clip)
+        check_finite(value, "pretrain", step)
+        take_step(model, optimiser, loss, clip)
         history.append(dict(step=step + 1, loss=value, seconds=time.perf_counter() - started))
         if log and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             recent = [r["loss"] for r in history[-log_every:]]
@@ -422,199 +398,6 @@ def pretrain(
                 f"{history[-1]['seconds']:.0f} s"
             )
     return history
-
-
-def _uint8_images(images):
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4):
-        raise TypeError(
-            f"expected a NumPy uint8 array of images (n, C, H, W), got "
-            f"{tuple(getattr(images, 'shape', ()))}, {getattr(images, 'dtype', type(images))}"
-        )
-    return images
-
-
-def upsample(images, size, method="bilinear"):
-    """Resize float ``(B, C, H, W)`` images to ``size x size`` by separable interpolation.
-
-    The same interpolation matrices that resample the position embeddings
-    (``interop.interpolation_matrix``): ``out = R_rows @ image @ R_cols^T``
-    per channel. Keeps the images' dtype and device.
-    """
-    if getattr(images, "ndim", 0) != 4 or images.dtype.kind != "f":
-        raise TypeError(
-            f"upsample needs float images (B, C, H, W), got shape "
-            f"{tuple(getattr(images, 'shape', ()))}, {getattr(images, 'dtype', None)}"
-        )
-    B, C, H, W = images.shape
-    if (H, W) == (size, size):
-        return images
-    xp = xp_of(images)
-    rows = xp.asarray(interpolation_matrix(H, size, method), dtype=images.dtype)  # (size, H)
-    cols = xp.asarray(interpolation_matrix(W, size, method), dtype=images.dtype)  # (size, W)
-    out = rows @ images @ cols.T  # (B, C, size, H) @ ... -> (B, C, size, size)
-    return xp.ascontiguousarray(out)
-
-
-def evaluate(model: ViT, images, labels, *, batch_size=500, device="cpu"):
-    """Accuracy of ``model`` on uint8 ``images`` (upsampled to its resolution) and ``labels``."""
-    images = _uint8_images(images)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    with no_grad():
-        for x, y in data.batches(
-            images, labels, batch_size, shuffle=False, augment="none", drop_last=False,
-            device=device, dtype=model.pos_embed.dtype,
-        ):  # fmt: skip
-            logits = model(upsample(x, model.image_size))
-            correct += int((logits.data.argmax(axis=1) == y).sum())
-    model.train(was_training)
-    return correct / max(1, len(labels))
-
-
-def finetune(
-    model: ViT,
-    x_train,
-    y_train,
-    x_test,
-    y_test,
-    steps,
-    *,
-    batch_size=64,
-    lr=1e-3,
-    weight_decay=0.05,
-    warmup_steps=None,
-    label_smoothing=0.1,
-    clip=1.0,
-    augment="flip",
-    eval_every=None,
-    seed=0,
-    device="cpu",
-    log=print,
-    name="fine-tune",
-):
-    """Train ``model`` on labelled uint8 images for ``steps`` steps, testing as it goes.
-
-    Images are normalised, augmented (``augment``: a ``data.AUGMENTS``
-    policy) and upsampled to the model's resolution. AdamW, linear warm-up
-    (default: a tenth of the steps) and cosine decay, label smoothing and
-    clipping: the recipe of ``tinyvit.train``. (The paper fine-tunes with
-    SGD and momentum 0.9 at batch 512; with a few hundred small steps AdamW
-    is the surer choice.) Every ``eval_every`` steps (default: 8 times in
-    the run) and at the end, the accuracy on ``x_test, y_test`` is recorded.
-    Returns a list of ``{step, train_loss, test_acc, seconds}`` records; the
-    model is trained in place.
-    """
-    x_train = _uint8_images(x_train)
-    if batch_size > len(x_train):
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(x_train)} images")
-    classes = model.config["num_classes"]
-    if int(np.max(y_train)) >= classes or int(np.max(y_test)) >= classes:
-        raise ValueError(f"labels go beyond the model's {classes} classes")
-    eval_every = eval_every or max(1, steps // 8)
-    warmup = steps // 10 if warmup_steps is None else warmup_steps
-    optimiser, schedule = _optimiser(model, lr, weight_decay, steps, warmup)
-    dtype = model.pos_embed.dtype
-    model.train()
-    history, losses, started, step, epoch = [], [], time.perf_counter(), 0, 0
-    while step < steps:
-        for x, y in data.batches(
-            x_train, y_train, batch_size, seed=seed, epoch=epoch, augment=augment,
-            num_classes=classes, device=device, dtype=dtype,
-        ):  # fmt: skip
-            optimiser.set_lr(schedule(step))
-            logits = model(upsample(x, model.image_size))
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-            losses.append(loss.item())
-            _check_finite(losses[-1], name, step)
-            _step(model, optimiser, loss, clip)
-            step += 1
-            if step % eval_every == 0 or step == steps:
-                accuracy = evaluate(model, x_test, y_test, device=device)
-                history.append(
-                    dict(
-                        step=step,
-                        train_loss=float(np.mean(losses)),
-                        test_acc=accuracy,
-                        seconds=time.perf_counter() - started,
-                    )
-                )
-                losses = []
-                if log:
-                    log(
-                        f"{name} step {step:>5}/{steps}  train loss "
-                        f"{history[-1]['train_loss']:.3f}  test accuracy {100 * accuracy:.1f}%  "
-                        f"{history[-1]['seconds']:.0f} s"
-                    )
-            if step == steps:
-                break
-        epoch += 1
-    return history
-
-
-# ---------------------------------------------------------------------------
-# Writing the official checkpoint layout
-# ---------------------------------------------------------------------------
-
-
-def to_official(model: ViT) -> dict:
-    """``model``'s weights as the arrays of an official ``ViT-*.npz`` (the inverse of
-    ``interop.official_to_state_dict``): kernels ``(in, out)``, the patch kernel
-    ``(P, P, C, D)``, queries, keys and values as ``(D, heads, D_h)`` kernels."""
-    if model.pool != "cls":
-        raise ValueError("the official layout is for class-token models (pool='cls')")
-    s = model.state_dict()
-    D, H = model.config["dim"], model.config["heads"]
-    Dh = D // H
-    a = {
-        "embedding/kernel": s["patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # (P, P, C, D)
-        "embedding/bias": s["patch_embed.proj.bias"],
-        "cls": s["cls_token"],
-        "Transformer/posembed_input/pos_embedding": s["pos_embed"],
-    }
-    for i in range(len(model.blocks)):
-        src, dst = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
-        attn = dst + "MultiHeadDotProductAttention_1/"
-        a[dst + "LayerNorm_0/scale"] = s[src + "norm1.weight"]
-        a[dst + "LayerNorm_0/bias"] = s[src + "norm1.bias"]
-        qkv_w = s[src + "attn.qkv.weight"].reshape(3, D, D)  # [q; k; v], each (out, in)
-        qkv_b = s[src + "attn.qkv.bias"].reshape(3, D)
-        for j, part in enumerate(("query", "key", "value")):
-            a[attn + f"{part}/kernel"] = qkv_w[j].T.reshape(D, H, Dh)  # (D, heads, D_h)
-            a[attn + f"{part}/bias"] = qkv_b[j].reshape(H, Dh)
-        a[attn + "out/kernel"] = s[src + "attn.proj.weight"].T.reshape(H, Dh, D)
-        a[attn + "out/bias"] = s[src + "attn.proj.bias"]
-        a[dst + "LayerNorm_2/scale"] = s[src + "norm2.weight"]
-        a[dst + "LayerNorm_2/bias"] = s[src + "norm2.bias"]
-        for j, layer in enumerate(("fc1", "fc2")):
-            a[dst + f"MlpBlock_3/Dense_{j}/kernel"] = s[src + f"mlp.{layer}.weight"].T
-            a[dst + f"MlpBlock_3/Dense_{j}/bias"] = s[src + f"mlp.{layer}.bias"]
-    a["Transformer/encoder_norm/scale"] = s["norm.weight"]
-    a["Transformer/encoder_norm/bias"] = s["norm.bias"]
-    if model.pre_logits is not None:
-        a["pre_logits/kernel"] = s["pre_logits.fc.weight"].T
-        a["pre_logits/bias"] = s["pre_logits.fc.bias"]
-    a["head/kernel"] = s["head.weight"].T
-    a["head/bias"] = s["head.bias"]
-    return {k: np.ascontiguousarray(v) for k, v in a.items()}
-
-
-def with_new_head(model: ViT, num_classes, image_size=None, interpolation="bicubic") -> ViT:
-    """Section 3.2's recipe on ``model``, with a zero-initialised head *always*.
-
-    ``interop.for_finetuning`` keeps the head when the number of classes
-    stays; after pre-training without labels (masked patch prediction) the
-    head was never trained, so here it is replaced whatever its size.
-    """
-    config, state = adapt(model.config, model.state_dict(), None, image_size, interpolation)
-    dim = config["dim"]
-    config = {**config, "num_classes": num_classes, "representation_size": None}
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "pre_logits."))}
-    state["head.weight"] = np.zeros((num_classes, dim), dtype=state["pos_embed"].dtype)
-    state["head.bias"] = np.zeros(num_classes, dtype=state["pos_embed"].dtype)
-    new = ViT(**config)
-    new.load_state_dict(state)
-    return new.to(model.pos_embed.device, model.pos_embed.dtype)
 
 
 __all__ = [
@@ -628,11 +411,6 @@ __all__ = [
     "colour_view",
     "corrupted_view",
     "draw_corruption",
-    "evaluate",
-    "finetune",
     "patch_colour_classes",
     "pretrain",
-    "to_official",
-    "upsample",
-    "with_new_head",
 ]
