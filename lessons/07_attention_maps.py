@@ -76,7 +76,7 @@ for name, picked in (("right", sure_right), ("wrong", sure_wrong)):
     for i in picked:
         truth, guess = dataset.classes[y_test[i]], dataset.classes[predictions[i]]
         sure = f"{confidence[i]:.0%} sure"
-        print(f"  test image {i:4d}: a {truth:<10} predicted {guess:<10} ({sure})")
+        print(f"  test image {i:4d}: true {truth:<10} predicted {guess:<10} ({sure})")
 
 # %% [markdown]
 # ## 2. The attention of every layer

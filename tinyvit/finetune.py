@@ -135,7 +135,7 @@ def finetune(
     (default: a tenth of the steps) and cosine decay, label smoothing and
     clipping: the recipe of ``tinyvit.train``. (The paper fine-tunes with
     SGD and momentum 0.9 at batch 512; with a few hundred small steps AdamW
-    is the surer choice.) Every ``eval_every`` steps (default: 8 times in
+    is the surer choice.) Every ``eval_every`` steps (default: 8 times evenly in
     the run) and at the end, the accuracy on ``x_test, y_test`` is recorded.
     Returns a list of ``{step, train_loss, test_acc, seconds}`` records; the
     model is trained in place.
@@ -146,7 +146,10 @@ def finetune(
     classes = model.config["num_classes"]
     if int(np.max(y_train)) >= classes or int(np.max(y_test)) >= classes:
         raise ValueError(f"labels go beyond the model's {classes} classes")
-    eval_every = eval_every or max(1, steps // 8)
+    if eval_every:
+        eval_at = set(range(eval_every, steps + 1, eval_every)) | {steps}
+    else:  # eight evenly spaced tests, the last at the end
+        eval_at = {max(1, round(steps * k / 8)) for k in range(1, 9)}
     warmup = steps // 10 if warmup_steps is None else warmup_steps
     optimiser, schedule = adamw_with_schedule(model, lr, weight_decay, steps, warmup)
     dtype = model.pos_embed.dtype
@@ -164,7 +167,7 @@ def finetune(
             check_finite(losses[-1], name, step)
             take_step(model, optimiser, loss, clip)
             step += 1
-            if step % eval_every == 0 or step == steps:
+            if step in eval_at:
                 accuracy = evaluate(model, x_test, y_test, device=device)
                 history.append(
                     dict(
