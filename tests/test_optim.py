@@ -82,6 +82,19 @@ def torch_pair(torch, seed=0):
     return params, refs, rng
 
 
+def step_both_and_compare(torch, ours, theirs, params, refs, rng, steps):
+    """Feed both optimisers the same random gradients; their parameters must agree."""
+    for _ in range(steps):
+        for p, r in zip(params, refs, strict=True):
+            g = rng.standard_normal(p.shape)
+            p.grad, r.grad = g.copy(), torch.tensor(g)
+        ours.step()
+        theirs.step()
+    for p, r in zip(params, refs, strict=True):
+        np.testing.assert_allclose(p.data, r.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_adamw_matches_torch(weight_decay):
     torch = pytest.importorskip("torch")
@@ -92,14 +105,7 @@ def test_adamw_matches_torch(weight_decay):
     theirs = torch.optim.AdamW(
         ref_groups, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay
     )
-    for _ in range(5):
-        for p, r in zip(params, refs, strict=True):
-            g = rng.standard_normal(p.shape)
-            p.grad, r.grad = g.copy(), torch.tensor(g)
-        ours.step()
-        theirs.step()
-    for p, r in zip(params, refs, strict=True):
-        np.testing.assert_allclose(p.data, r.detach().numpy(), rtol=1e-12, atol=1e-14)
+    step_both_and_compare(torch, ours, theirs, params, refs, rng, steps=5)
 
 
 @pytest.mark.parametrize(
@@ -112,14 +118,7 @@ def test_sgd_matches_torch(momentum, nesterov, weight_decay):
     theirs = torch.optim.SGD(
         refs, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
     )
-    for _ in range(4):
-        for p, r in zip(params, refs, strict=True):
-            g = rng.standard_normal(p.shape)
-            p.grad, r.grad = g.copy(), torch.tensor(g)
-        ours.step()
-        theirs.step()
-    for p, r in zip(params, refs, strict=True):
-        np.testing.assert_allclose(p.data, r.detach().numpy(), rtol=1e-12, atol=1e-14)
+    step_both_and_compare(torch, ours, theirs, params, refs, rng, steps=4)
 
 
 def test_sgd_needs_momentum_for_nesterov():

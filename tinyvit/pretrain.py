@@ -39,7 +39,7 @@ from . import functional as F
 from .backend import xp_of
 from .finetune import adamw_with_schedule, check_finite, take_step, uint8_images
 from .nn import Linear, Module, Parameter, trunc_normal
-from .tensor import Tensor, concatenate
+from .tensor import Tensor
 from .vit import ViT
 
 # ---------------------------------------------------------------------------
@@ -204,23 +204,6 @@ class MaskedPatchPrediction(Module):
         """A fresh ``Corruption`` for ``batch`` images, with this model's settings."""
         return draw_corruption(batch, self.num_patches, rng, self.mask_ratio, self.replace)
 
-    def _check(self, images) -> Tensor:
-        shape = tuple(images.shape)
-        size, channels = self.vit.image_size, self.vit.channels
-        if len(shape) != 4 or shape[1:] != (channels, size, size):
-            raise ValueError(
-                f"MaskedPatchPrediction expects images of shape (B, {channels}, {size}, {size}), "
-                f"got {shape}"
-            )
-        if isinstance(images, Tensor):
-            return images
-        if images.dtype.kind != "f":
-            raise TypeError(
-                f"expected normalised floating-point images, got {images.dtype}; "
-                "loss() takes the raw uint8 images and normalises them itself"
-            )
-        return Tensor(images.astype(self.vit.pos_embed.dtype, copy=False))
-
     def corrupt_embeddings(self, patches: Tensor, corruption: Corruption) -> Tensor:
         """Apply ``corruption`` to ``(B, N, D)`` patch embeddings: ``[mask]``, another
         patch's embedding, or the patch's own, position by position."""
@@ -243,22 +226,15 @@ class MaskedPatchPrediction(Module):
     def encode(self, images, corruption: Corruption | None = None) -> Tensor:
         """``(B, C, H, W)`` normalised images to ``(B, N+1, D)`` tokens after the final LN.
 
-        The ViT's ``forward_features``, step by step, with ``corruption``
-        (if any) applied to the patch embeddings before the class token and
-        the position embeddings are added.
+        The ViT's ``forward_features`` with ``corruption`` (if any) applied
+        to the patch embeddings before the class token and the position
+        embeddings are added (``ViT.encode``).
         """
         vit = self.vit
-        x = self._check(images)
-        B = x.shape[0]
-        patches = vit.patch_embed(x)  # (B, N, D): x_p^i E
+        patches = vit.patch_embed(vit.check_images(images))  # (B, N, D): x_p^i E
         if corruption is not None:
             patches = self.corrupt_embeddings(patches, corruption)  # (B, N, D)
-        cls = vit.cls_token.broadcast_to((B, 1, patches.shape[2]))  # (B, 1, D)
-        z = concatenate([cls, patches], axis=1) + vit.pos_embed  # (B, N+1, D): Eq. 1
-        z = vit.pos_drop(z)
-        for block in vit.blocks:  # Eq. 2-3
-            z = block(z)
-        return vit.norm(z)  # (B, N+1, D)
+        return vit.encode(patches)  # (B, N+1, D)
 
     def forward(self, images, corruption: Corruption) -> Tensor:
         """Colour logits ``(M, 2**(3*bits))`` of the ``M`` corrupted patches, image by image."""

@@ -160,7 +160,7 @@ class ViT(Module):
 
     # -- the four equations --------------------------------------------------
 
-    def _images(self, images) -> Tensor:
+    def check_images(self, images) -> Tensor:
         """Check a batch of images and return it as a tensor in the model's dtype."""
         shape = tuple(images.shape)
         expected = (self.channels, self.image_size, self.image_size)
@@ -182,9 +182,14 @@ class ViT(Module):
 
     def forward_features(self, images) -> Tensor:
         """Eq. 1-3 and the LN of Eq. 4: ``(B, C, H, W)`` images to ``(B, N+1, D)`` tokens."""
-        x = self._images(images)
-        B = x.shape[0]
-        patches = self.patch_embed(x)  # (B, N, D): x_p^i E
+        patches = self.patch_embed(self.check_images(images))  # (B, N, D): x_p^i E
+        return self.encode(patches)
+
+    def encode(self, patches) -> Tensor:
+        """The rest of Eq. 1, then Eq. 2-3 and the LN of Eq. 4: ``(B, N, D)`` patch
+        embeddings to ``(B, N+1, D)`` tokens. (Masked patch prediction corrupts
+        the patch embeddings between ``patch_embed`` and this step.)"""
+        B = patches.shape[0]
         cls = self.cls_token.broadcast_to((B, 1, patches.shape[2]))  # (B, 1, D): x_class
         z = concatenate([cls, patches], axis=1) + self.pos_embed  # (B, N+1, D): Eq. 1
         z = self.pos_drop(z)
