@@ -57,9 +57,38 @@ def test_normal_cdf_and_pdf(xp):
     assert np.abs(cdf32 - want32).max() < 3e-7
 
 
-def test_normal_cdf_coefficients_are_the_documented_fit():
-    from tinyvit.special import NORMAL_CDF_COEFFICIENTS, NORMAL_CDF_P, fit_normal_cdf_coefficients
+def test_normal_cdf_coefficients_are_the_documented_fits():
+    from tinyvit.special import (
+        NORMAL_CDF_COEFFICIENTS,
+        NORMAL_CDF_P,
+        TANH_CDF_CLAMP,
+        TANH_CDF_COEFFICIENTS,
+        fit_normal_cdf_coefficients,
+        fit_tanh_cdf_coefficients,
+    )
 
-    for degree, coefficients in NORMAL_CDF_COEFFICIENTS.items():
-        refit = fit_normal_cdf_coefficients(NORMAL_CDF_P, degree)
-        np.testing.assert_allclose(refit, coefficients, rtol=1e-6, atol=1e-9)
+    refit = fit_normal_cdf_coefficients(NORMAL_CDF_P)
+    np.testing.assert_allclose(refit, NORMAL_CDF_COEFFICIENTS, rtol=1e-6, atol=1e-9)
+    refit = fit_tanh_cdf_coefficients(TANH_CDF_CLAMP)
+    np.testing.assert_allclose(refit, TANH_CDF_COEFFICIENTS, rtol=1e-6, atol=1e-12)
+    assert abs(TANH_CDF_COEFFICIENTS[0] - math.sqrt(2 / math.pi)) < 1e-6  # the tanh GELU's slope
+
+
+def test_normal_cdf_float32_tanh_form(xp):
+    """float32's form: within 1.5e-7 of Phi, its density to float32 rounding of x^2 / 2, calm at
+    inputs far past the clamp (no overflow, no NaN, exactly 0 and 1 in the tails)."""
+    from tinyvit.special import normal_cdf
+
+    x = np.concatenate([np.linspace(-9, 9, 200001), [0.0, 5.5, -5.5, 60.0, -60.0, 1e4, -1e4]])
+    x = x.astype(np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        cdf, pdf = (to_numpy(a) for a in normal_cdf(xp.asarray(x), with_pdf=True))
+    wide = x.astype(np.float64)
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in wide])
+    assert cdf.dtype == pdf.dtype == np.float32
+    assert np.abs(cdf - want).max() < 1.5e-7
+    np.testing.assert_allclose(
+        pdf, np.exp(-wide * wide / 2) / math.sqrt(2 * math.pi), rtol=1e-5, atol=1e-37
+    )
+    assert (cdf[x >= 6] == 1).all() and (cdf[x <= -60] == 0).all()
+    assert (np.diff(cdf[:200001]) >= 0).all()  # never decreasing
