@@ -27,9 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+import tinyvit  # before NumPy (tinyvit/backend.py)
+
+# isort: split
 import numpy as np
 
-import tinyvit
 import tinyvit.functional as F
 from tinyvit import backend
 from tinyvit.optim import AdamW, clip_grad_norm

@@ -20,7 +20,18 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+# Before NumPy loads OpenBLAS. After each matrix product OpenBLAS's worker
+# threads keep spinning, waiting for the next one, for about 2^28 cycles (a
+# tenth of a second), and on a machine with few cores they take the cores
+# that the chunked elementwise kernels below need: a GELU right after a
+# matrix product ran 1.5x slower. Asked to wait 2^4 cycles, they go to sleep
+# at once; the products themselves are no slower. OpenBLAS reads the setting
+# once, when it is loaded, so it only works when tinyvit is imported before
+# NumPy (``python -m tinyvit.train``, the training lessons, the benchmarks); a value
+# already in the environment is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402  (after the line above)
 
 try:  # CuPy is optional: without it (or without a GPU) everything runs on NumPy.
     import cupy
