@@ -144,14 +144,15 @@ def scatter_add(target, index, values) -> None:
 # ---------------------------------------------------------------------------
 # Work in chunks, on every core. NumPy runs each elementwise operation on one
 # core and streams whole arrays through memory once per operation: a GELU of
-# thirty operations on a 25 MB activation reads and writes 1.5 GB. Cut the
-# rows into blocks of about 256 KB that stay in the core's cache while all
-# thirty operations run on them, and hand the blocks to a thread per core
+# twenty-four operations on a 25 MB activation reads and writes 1.2 GB. Cut
+# the rows into blocks of about 512 KB that stay in the core's cache while all
+# the operations run on them, and hand the blocks to a thread per core
 # (NumPy releases the GIL inside its loops), and the same code runs several
 # times faster. On the GPU the whole array is one block: CuPy is parallel.
 # ---------------------------------------------------------------------------
 
-CHUNK_ELEMENTS = 1 << 16  # per array per block: 256 KB of float32
+CHUNK_ELEMENTS = 1 << 17  # per array per block: 512 KB of float32 (a whole step:
+# 4% faster than 256 KB or 1 MB on a 2 MB L2 cache)
 _pool = None
 
 
