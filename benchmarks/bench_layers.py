@@ -1,7 +1,7 @@
 """Per-layer forward + backward time: fused tinyvit, composed tinyvit, PyTorch eager.
 
-The shapes are those of one encoder block of the CPU lesson's ViT (batch 128,
-65 tokens, width 192, 3 heads, MLP 768) in float32. For each layer the
+The shapes are those of one encoder block of the benchmark's D 192 ViT (batch
+128, 65 tokens, width 192, 3 heads, MLP 768) in float32. For each layer the
 median of several timed repetitions after a warm-up, the three variants
 interleaved so that they see the same machine state. PyTorch is optional.
 
