@@ -271,16 +271,17 @@ def _layer_norm_rows(x, y, xhat, rstd, weight, bias, eps):
         y += bias
 
 
-def _layer_norm_backward_rows(g, xhat, rstd, weight, gx):
+def _layer_norm_backward_rows(g, g_xhat, xhat, rstd, weight, gx):
     """One block: ``gx = rstd * (h - mean(h) - xhat * mean(h * xhat))`` with ``h = g * weight``.
 
     With ``w = weight / D``, ``mean(h) = g @ w`` and ``mean(h * xhat) = (g * xhat) @ w``:
-    two matrix-vector products.
+    two matrix-vector products. ``g_xhat = g * xhat`` comes in computed, as the
+    weight's gradient needs it too.
     """
     xp = xp_of(g)
     scaled = (weight if weight is not None else xp.ones(g.shape[-1], dtype=g.dtype)) / g.shape[-1]
     mean_h = g @ scaled  # (R,)
-    mean_hx = (g * xhat) @ scaled  # (R,)
+    mean_hx = g_xhat @ scaled  # (R,)
     if weight is not None:
         xp.multiply(g, weight, out=gx)  # h
     else:
@@ -339,11 +340,12 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
 
         def block(i):
             r = blocks[i]
+            g_xhat = g[r] * xhat[r]  # (rows, D): for dL/dx and for dL/dweight
             if gx is not None:
-                _layer_norm_backward_rows(g[r], xhat[r], rstd[r], w, gx[r])
+                _layer_norm_backward_rows(g[r], g_xhat, xhat[r], rstd[r], w, gx[r])
             ones = xp.ones(r.stop - r.start, dtype=x.dtype)  # sums over rows, by BLAS
             if weight is not None and weight.requires_grad:
-                xp.matmul(ones, g[r] * xhat[r], out=gw[i])
+                xp.matmul(ones, g_xhat, out=gw[i])
             if bias is not None and bias.requires_grad:
                 xp.matmul(ones, g[r], out=gb[i])
 
