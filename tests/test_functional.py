@@ -172,6 +172,25 @@ def test_gelu_exact_and_tanh(make):
     gradcheck(lambda t: F.gelu(t, approximate="tanh"), (x,))
 
 
+def test_gelu_float32_form_matches_float64_values_and_gradients(xp):
+    """float32 takes its own CDF (the tanh form of special.py): its GELU and the
+    gradient built from it agree with the float64 path (gradchecked, torch-checked)
+    to float32 accuracy, across the whole range and past the clamp."""
+    x64 = np.concatenate([np.linspace(-12, 12, 4801), [-1e4, -60.0, 60.0, 1e4]])
+    r64 = np.random.default_rng(0).standard_normal(x64.shape)
+    x64, r64 = (a.astype(np.float32).astype(np.float64) for a in (x64, r64))  # same inputs
+    results = {}
+    for dtype in (np.float32, np.float64):
+        x = Tensor(xp.asarray(x64.astype(dtype)), requires_grad=True)
+        y = F.gelu(x)
+        (y * Tensor(xp.asarray(r64.astype(dtype)))).sum().backward()
+        assert y.dtype == x.grad.dtype == dtype
+        results[dtype] = (to_numpy(y.data).astype(np.float64), to_numpy(x.grad).astype(np.float64))
+    (y32, g32), (y64, g64) = results[np.float32], results[np.float64]
+    np.testing.assert_allclose(y32, y64, rtol=2e-6, atol=2e-7)
+    np.testing.assert_allclose(g32, g64, rtol=2e-6, atol=5e-7 * np.abs(r64).max())
+
+
 def test_gelu_rejects_unknown_forms(make):
     with pytest.raises(ValueError, match="'sigmoid'"):
         F.gelu(make(2), approximate="sigmoid")
