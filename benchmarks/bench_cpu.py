@@ -27,13 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-import tinyvit  # before NumPy (tinyvit/backend.py)
-
-# isort: split
 import numpy as np
 
+import tinyvit
 import tinyvit.functional as F
-from tinyvit import backend
+from tinyvit import kernels
 from tinyvit.optim import AdamW, clip_grad_norm
 from tinyvit.vit import CONFIGS
 
@@ -220,7 +218,7 @@ def memory_child(framework, name, batch, steps):
     """In a fresh process: resident-set growth from before the first step to its peak."""
     config = BENCHMARKS[name]
     if framework == "tinyvit":
-        backend.keep_freed_memory()  # as the trainer runs
+        kernels.cpu_runtime.keep_freed_memory()  # as the trainer runs
         _, step = tinyvit_step_fn(config, batch)
     else:
         torch.set_num_threads(os.cpu_count())
@@ -258,7 +256,7 @@ def main(argv=None):
         memory_child(framework, name, int(batch), int(steps))
         return
 
-    backend.keep_freed_memory()  # as the trainer runs
+    kernels.cpu_runtime.keep_freed_memory()  # as the trainer runs
     threads = os.cpu_count()
     if torch is not None:
         torch.set_num_threads(threads)

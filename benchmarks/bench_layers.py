@@ -18,11 +18,9 @@ import statistics
 import time
 from pathlib import Path
 
-import tinyvit.functional as F  # before NumPy (tinyvit/backend.py)
-
-# isort: split
 import numpy as np
 
+import tinyvit.functional as F
 from tinyvit import Tensor, composed
 
 try:

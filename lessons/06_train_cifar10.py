@@ -21,11 +21,9 @@
 # ``--quick`` trains a tiny model on a slice of the data for a few seconds.
 
 # %%
-from tinyvit import data, no_grad  # before NumPy (tinyvit/backend.py)
-
-# isort: split
 import numpy as np
 
+from tinyvit import data, no_grad
 from tinyvit.lesson import data_dir_flag, lesson_arguments
 from tinyvit.train import RECIPES, TrainConfig, Trainer
 

@@ -36,11 +36,9 @@
 # (about 7 more to train a short run without it); ``--quick`` takes seconds.
 
 # %%
-from tinyvit import backend, data, manual_seed, no_grad  # before NumPy (tinyvit/backend.py)
-
-# isort: split
 import numpy as np
 
+from tinyvit import backend, data, manual_seed, no_grad
 from tinyvit.checkpoint import write_npz
 from tinyvit.finetune import finetune, upsample
 from tinyvit.interop import for_finetuning, load_official, to_official

@@ -33,11 +33,9 @@
 # takes seconds.
 
 # %%
-from tinyvit import backend, data, manual_seed, no_grad  # before NumPy (tinyvit/backend.py)
-
-# isort: split
 import numpy as np
 
+from tinyvit import backend, data, manual_seed, no_grad
 from tinyvit.fewshot import features, fewshot_accuracy
 from tinyvit.finetune import finetune, with_new_head
 from tinyvit.lesson import data_dir_flag, lesson_arguments

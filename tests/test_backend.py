@@ -87,24 +87,3 @@ def test_scatter_add_adds_repeats():
     target = np.zeros(3)
     backend.scatter_add(target, np.array([0, 0, 2]), np.array([1.0, 2.0, 5.0]))
     np.testing.assert_array_equal(target, [3.0, 0.0, 5.0])
-
-
-@pytest.mark.parametrize("preset, expected", [(None, "4"), ("12", "12")])
-def test_openblas_is_told_to_sleep_before_numpy_loads_it(preset, expected):
-    """Imported first, tinyvit sets OPENBLAS_THREAD_TIMEOUT before NumPy reads it, and
-    keeps a value the user chose."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if preset is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = preset
-    script = (
-        "import sys, os; import tinyvit.backend; "
-        "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], 'numpy' in sys.modules)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.split() == [expected, "True"]

@@ -4,8 +4,9 @@ The package follows the paper's data flow, low to high:
 
     backend     NumPy or CuPy, taken from the array itself
     tensor      Tensor, the graph and backward()
-    functional  the ViT's layers as ops with hand-written backwards
-    composed    the same layers built from primitives, for teaching
+    functional  the ViT's layers as ops with hand-written backwards: the reference
+    kernels     the same ops made fast for a device, chosen automatically
+    composed    softmax, LayerNorm and GELU built from primitives, for teaching
     gradcheck   numerical gradient checking
     nn          Module, Parameter, Linear, LayerNorm, attention, the encoder block
     vit         the Vision Transformer and its named configurations
@@ -21,7 +22,7 @@ The package follows the paper's data flow, low to high:
     lesson      the command line the lessons share
 """
 
-from . import backend, composed, functional, nn, vit
+from . import backend, composed, functional, kernels, nn, vit
 from .backend import manual_seed
 from .checkpoint import load, save
 from .gradcheck import GradcheckError, gradcheck
@@ -42,6 +43,7 @@ __all__ = [
     "functional",
     "gradcheck",
     "is_grad_enabled",
+    "kernels",
     "load",
     "manual_seed",
     "matmul",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import kernels
 from .gradcheck import check_every_layer
 
 
@@ -16,6 +17,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    print(kernels.describe(args.device), end="\n\n")
     reports = check_every_layer(seed=args.seed, device=args.device)
     for report in reports:
         print(report, end="\n\n")

@@ -12,26 +12,13 @@ that is handed arrays from both raises a ``DeviceError`` saying which operand
 is where. The default dtype is float32; float64 is for gradient checks.
 
 Nothing else in the package imports cupy: the CPU path works whether or not
-CuPy is installed, and whether or not it finds a GPU.
+CuPy is installed, and whether or not it finds a GPU. (How the CPU is made to
+run fast, threads and cache blocks, is not about devices: ``kernels/``.)
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
-# Before NumPy loads OpenBLAS. After each matrix product OpenBLAS's worker
-# threads keep spinning, waiting for the next one, for about 2^28 cycles (a
-# tenth of a second), and on a machine with few cores they take the cores
-# that the chunked elementwise kernels below need: a GELU right after a
-# matrix product ran 1.5x slower. Asked to wait 2^4 cycles, they go to sleep
-# at once; the products themselves are no slower. OpenBLAS reads the setting
-# once, when it is loaded, so it only works when tinyvit is imported before
-# NumPy (``python -m tinyvit.train``, the training lessons, the benchmarks); a value
-# already in the environment is kept.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-import numpy as np  # noqa: E402  (after the line above)
+import numpy as np
 
 try:  # CuPy is optional: without it (or without a GPU) everything runs on NumPy.
     import cupy
@@ -139,98 +126,6 @@ def scatter_add(target, index, values) -> None:
         cupyx.scatter_add(target, index, values)
     else:
         np.add.at(target, index, values)
-
-
-# ---------------------------------------------------------------------------
-# Work in chunks, on every core. NumPy runs each elementwise operation on one
-# core and streams whole arrays through memory once per operation: a GELU of
-# twenty-four operations on a 25 MB activation reads and writes 1.2 GB. Cut
-# the rows into blocks of about 512 KB that stay in the core's cache while all
-# the operations run on them, and hand the blocks to a thread per core
-# (NumPy releases the GIL inside its loops), and the same code runs several
-# times faster. On the GPU the whole array is one block: CuPy is parallel.
-# ---------------------------------------------------------------------------
-
-CHUNK_ELEMENTS = 1 << 17  # per array per block: 512 KB of float32 (a whole step:
-# 4% faster than 256 KB or 1 MB on a 2 MB L2 cache)
-_pool = None
-
-
-def num_threads() -> int:
-    """Threads for chunked work: ``$TINYVIT_THREADS``, else one per core."""
-    return max(1, int(os.environ.get("TINYVIT_THREADS") or os.cpu_count() or 1))
-
-
-def keep_freed_memory() -> bool:
-    """Ask the C allocator (glibc) to keep freed blocks of up to 32 MB for reuse.
-
-    By default glibc hands every block above 128 KB straight back to the
-    operating system when NumPy frees it, and the next activation of the
-    same size costs thousands of page faults to get it back. Training
-    allocates and frees the same few sizes every step, so keeping them is a
-    free 10-25% on elementwise work. The price is that the process holds on
-    to its peak memory. Called by the trainer and the benchmarks; a no-op
-    (returning False) where the C library is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    ok = mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks up to 32 MB come from the heap...
-    ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30)  # ...and stay there when freed
-    return bool(ok)
-
-
-def row_blocks(array, elements=None) -> list[slice]:
-    """Slices of whole rows (first axis) of ``array``, about ``elements`` entries each
-    (default ``CHUNK_ELEMENTS``). A single slice on the GPU, or when the array is small.
-    """
-    elements = elements or CHUNK_ELEMENTS
-    rows = array.shape[0]
-    per_row = max(1, array.size // max(rows, 1))
-    block = max(1, elements // per_row)
-    if is_cuda_array(array) or rows <= block:
-        return [slice(0, rows)]
-    return [slice(i, min(i + block, rows)) for i in range(0, rows, block)]
-
-
-def parallel(fn, items) -> None:
-    """Call ``fn(item)`` for every item, on a pool of ``num_threads()`` threads.
-
-    The calls must not depend on each other (they write disjoint outputs).
-    """
-    items = list(items)
-    threads = min(num_threads(), len(items))
-    if threads == 1:
-        for item in items:
-            fn(item)
-        return
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(num_threads(), thread_name_prefix="tinyvit")
-
-    def run_share(k):  # thread k takes items k, k + threads, k + 2 threads, ...
-        for item in items[k::threads]:
-            fn(item)
-
-    # One task per thread, not per item: a task costs a lock and a future.
-    for _ in _pool.map(run_share, range(threads)):  # re-raises the first exception
-        pass
-
-
-def for_each_chunk(kernel, *arrays) -> None:
-    """Call ``kernel(*blocks)`` on matching row blocks of ``arrays``, in parallel.
-
-    Every array has the same number of rows (first axis); a block keeps whole
-    rows, so a kernel may reduce along the other axes (LayerNorm, softmax).
-    Kernels write into blocks of output arrays passed among ``arrays``.
-    """
-    parallel(lambda rows: kernel(*(a[rows] for a in arrays)), row_blocks(arrays[0]))
 
 
 # ---------------------------------------------------------------------------

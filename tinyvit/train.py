@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import backend, checkpoint, data
+from . import backend, checkpoint, data, kernels
 from . import functional as F
 from .optim import SGD, AdamW, WarmupCosine, clip_grad_norm
 from .tensor import no_grad
@@ -170,7 +170,7 @@ class Trainer:
         c = config
         backend.check_device_name(c.device)
         if c.device == "cpu":
-            backend.keep_freed_memory()  # reuse freed activations instead of refaulting them
+            kernels.cpu_runtime.keep_freed_memory()  # reuse freed activations, no refaulting
         self.x_train, self.y_train = (
             dataset.x_train[: c.train_limit],
             dataset.y_train[: c.train_limit],
@@ -395,7 +395,7 @@ class Trainer:
         self.log(
             f"{c.model}: {self.model.num_parameters():,} parameters, {len(self.y_train):,} "
             f"training images, {self.steps_per_epoch} steps per epoch, {c.epochs} epochs, "
-            f"on {c.device}"
+            f"on {c.device}; {kernels.describe(c.device)}"
         )
         # Ctrl-C asks for a clean stop (signals reach only the main thread)
         in_main = threading.current_thread() is threading.main_thread()

@@ -1,0 +1,315 @@
+"""Kernels equal their reference ops; the switch between them; the CPU runtime under them.
+
+Every kernel is compared with the reference op of ``functional.py`` it
+replaces, in values and in the gradient of every input, in float32 and
+float64, with the rows cut into many blocks (the last one ragged) and run on
+three threads; each kernel also passes the float64 gradient check on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinyvit
+import tinyvit.functional as F
+from tinyvit import Tensor, gradcheck, kernels
+from tinyvit.backend import to_numpy
+from tinyvit.kernels import cpu_runtime
+from tinyvit.kernels.fast_math import (
+    TANH_CDF_CLAMP,
+    TANH_CDF_COEFFICIENTS,
+    TANH_CDF_ERROR_BOUND,
+    fit_tanh_cdf_coefficients,
+    normal_cdf_tanh,
+)
+
+CPU_KERNELS = kernels.available("cpu")
+
+# name -> (call with the op, input shapes, chunk elements, shape of the array cut into
+# blocks): chunk sizes chosen so that the blocks number several, the last one shorter.
+CASES = {
+    "linear": (lambda op, x, w, b: op(x, w, b), [(3, 5, 4), (6, 4), (6,)], 24, None),
+    "softmax": (lambda op, x: op(x, -1), [(7, 5, 7)], 21, (35, 7)),
+    "softmax, axis 1": (lambda op, x: op(x, 1), [(3, 4, 5)], 21, None),
+    "layer_norm": (lambda op, x, w, b: op(x, w, b), [(7, 5, 6), (6,), (6,)], 24, (35, 6)),
+    "layer_norm, no affine": (lambda op, x: op(x), [(7, 5, 6)], 24, (35, 6)),
+    "gelu": (lambda op, x: op(x), [(6, 5, 7)], 24, (210,)),
+    "gelu, tanh": (lambda op, x: op(x, "tanh"), [(6, 5, 7)], 24, (210,)),
+    "scaled_dot_product_attention": (
+        lambda op, q, k, v: op(q, k, v),
+        [(7, 2, 5, 4), (7, 2, 6, 4), (7, 2, 6, 3)],
+        90,
+        (14, 5, 6),
+    ),
+    "scaled_dot_product_attention, scale": (
+        lambda op, q, k, v: op(q, k, v, scale=0.3),
+        [(5, 5, 4), (5, 6, 4), (5, 6, 3)],
+        60,
+        (5, 5, 6),
+    ),
+    "self_attention": (lambda op, qkv: op(qkv, 2), [(7, 6, 12)], 150, (7, 2, 6, 6)),
+}
+
+
+def op_name(case):
+    return case.split(",")[0]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """``small_blocks(elements)``: cut rows into blocks of ``elements`` entries, on 3 threads."""
+
+    def set_blocks(elements):
+        monkeypatch.setattr(cpu_runtime, "CHUNK_ELEMENTS", elements)
+        monkeypatch.setenv("TINYVIT_THREADS", "3")
+        monkeypatch.setattr(cpu_runtime, "_pool", None)
+
+    yield set_blocks
+    cpu_runtime._pool = None
+
+
+def run(fn, inputs, upstream):
+    """Values and the gradient of every input of ``fn(*inputs)`` for upstream gradient ``R``."""
+    for t in inputs:
+        t.grad = None
+    y = fn(*inputs)
+    y.backward(upstream)
+    return [to_numpy(y.data)] + [to_numpy(t.grad) for t in inputs]
+
+
+def make_inputs(shapes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Tensor(rng.standard_normal(s).astype(dtype), requires_grad=True) for s in shapes]
+
+
+def test_every_kernel_is_tested_and_replaces_a_reference_op():
+    assert {op_name(c) for c in CASES} == set(CPU_KERNELS)
+    for name in CPU_KERNELS:
+        assert hasattr(getattr(F, name), "reference"), name
+
+
+def test_the_cases_cut_into_several_blocks_with_a_ragged_last_one(small_blocks):
+    for case, (_, _, elements, shape) in CASES.items():
+        if shape is None:  # not blocked (linear), or on the reference path (softmax, axis 1)
+            continue
+        small_blocks(elements)
+        blocks = cpu_runtime.row_blocks(np.empty(shape))
+        assert len(blocks) > 2, case
+        assert blocks[-1].stop - blocks[-1].start < blocks[0].stop, case
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_equals_reference(case, dtype, small_blocks):
+    call, shapes, elements, _ = CASES[case]
+    small_blocks(elements)
+    name = op_name(case)
+    kernel, reference = CPU_KERNELS[name], getattr(F, name).reference
+    inputs = make_inputs(shapes, dtype)
+    y = call(reference, *inputs)
+    upstream = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    want = run(lambda *t: call(reference, *t), inputs, upstream)
+    got = run(lambda *t: call(kernel, *t), inputs, upstream)
+    if dtype == np.float64:
+        tol = dict(rtol=1e-10, atol=1e-12)
+    elif case == "gelu":  # the float32 polynomial: within 1.5e-7 of Phi
+        tol = dict(rtol=1e-5, atol=2e-6)
+    else:
+        tol = dict(rtol=2e-5, atol=2e-6)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_passes_the_gradient_check(case, small_blocks):
+    call, shapes, elements, _ = CASES[case]
+    small_blocks(elements)
+    kernel = CPU_KERNELS[op_name(case)]
+    gradcheck(lambda *t: call(kernel, *t), make_inputs(shapes, np.float64, seed=2))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_blocks_and_threads_change_nothing(case, small_blocks):
+    """The same kernel in one block and in many on three threads: equal to the last bits."""
+    call, shapes, elements, _ = CASES[case]
+    kernel = CPU_KERNELS[op_name(case)]
+    inputs = make_inputs(shapes, np.float64, seed=3)
+    upstream = np.random.default_rng(4).standard_normal(call(kernel, *inputs).shape)
+    small_blocks(10**9)
+    whole = run(lambda *t: call(kernel, *t), inputs, upstream)
+    small_blocks(elements)
+    blocked = run(lambda *t: call(kernel, *t), inputs, upstream)
+    for a, b in zip(whole, blocked, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- the switch
+
+
+def test_ops_take_the_kernel_in_auto_mode_and_the_reference_otherwise(monkeypatch):
+    calls = []
+    kernel = CPU_KERNELS["gelu"]
+    monkeypatch.setitem(CPU_KERNELS, "gelu", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    x = Tensor(np.linspace(-3, 3, 10, dtype=np.float32), requires_grad=True)
+    with kernels.using("auto"):
+        F.gelu(x)
+        assert len(calls) == 1
+        assert kernels.lookup("gelu") is CPU_KERNELS["gelu"]
+        with kernels.using("reference"):
+            F.gelu(x)
+            assert kernels.lookup("gelu") is None
+            assert "reference" in kernels.describe()
+        F.gelu(x)
+        assert "gelu" in kernels.describe() and "threads" in kernels.describe()
+    assert len(calls) == 2  # not in reference mode
+
+
+def test_using_restores_the_mode_after_an_error():
+    before = kernels.mode()
+    with pytest.raises(RuntimeError), kernels.using("reference"):
+        assert kernels.mode() == "reference"
+        raise RuntimeError
+    assert kernels.mode() == before
+    with pytest.raises(ValueError, match="auto.*reference.*'fast'"):
+        kernels.use("fast")
+
+
+def test_cuda_arrays_take_the_reference_until_gpu_kernels_exist():
+    assert kernels.available("cuda") == {}
+    assert "no kernels for cuda" in kernels.describe("cuda") or kernels.mode() == "reference"
+
+
+def python(code, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in env and v is not None}
+    environ.update({k: v for k, v in env.items() if v is not None})
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120
+    )
+    return result
+
+
+def test_the_environment_chooses_the_mode():
+    code = "import tinyvit; print(tinyvit.kernels.mode()); print(tinyvit.kernels.describe())"
+    out = python(code, TINYVIT_KERNELS="reference")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "reference"
+    out = python(code, TINYVIT_KERNELS="auto")
+    assert out.stdout.splitlines()[0] == "auto" and "layer_norm" in out.stdout
+    bad = python(code, TINYVIT_KERNELS="turbo")
+    assert bad.returncode != 0 and "TINYVIT_KERNELS='turbo'" in bad.stderr
+
+
+@pytest.mark.parametrize("mode", ["auto", "reference"])
+def test_a_vit_trains_the_same_on_either_path(mode):
+    """Three AdamW steps of a small ViT: reference and kernels agree in float64."""
+    from tinyvit.optim import AdamW
+
+    def train():
+        tinyvit.manual_seed(0)
+        model = tinyvit.ViT(16, 4, 5, dim=12, depth=2, heads=3, mlp_dim=24).to(np.float64)
+        optimizer = AdamW(model, lr=1e-2)
+        rng = np.random.default_rng(0)
+        losses = []
+        for _ in range(3):
+            x = rng.standard_normal((6, 3, 16, 16))
+            loss = F.cross_entropy(model(x), rng.integers(0, 5, 6), label_smoothing=0.1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses, model.state_dict()
+
+    with kernels.using(mode):
+        losses, state = train()
+    with kernels.using("reference" if mode == "auto" else "auto"):
+        other_losses, other_state = train()
+    np.testing.assert_allclose(losses, other_losses, rtol=1e-10)
+    for key in state:
+        np.testing.assert_allclose(state[key], other_state[key], rtol=1e-8, atol=1e-10)
+
+
+# ---------------------------------------------------------------- the float32 CDF
+
+
+def test_tanh_cdf_coefficients_are_the_documented_fit():
+    refit = fit_tanh_cdf_coefficients(TANH_CDF_CLAMP)
+    np.testing.assert_allclose(refit, TANH_CDF_COEFFICIENTS, rtol=1e-6, atol=1e-12)
+    assert abs(TANH_CDF_COEFFICIENTS[0] - math.sqrt(2 / math.pi)) < 1e-6  # the tanh GELU's slope
+
+
+def test_tanh_cdf_within_its_stated_bound():
+    """Within 1.5e-7 of Phi, its density to float32 rounding of x^2 / 2, calm at inputs far
+    past the clamp (no overflow, no NaN, exactly 0 and 1 in the tails), never decreasing."""
+    x = np.concatenate([np.linspace(-9, 9, 200001), [0.0, 5.5, -5.5, 60.0, -60.0, 1e4, -1e4]])
+    x = x.astype(np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        cdf, pdf = normal_cdf_tanh(x, with_pdf=True)
+    wide = x.astype(np.float64)
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in wide])
+    assert cdf.dtype == pdf.dtype == np.float32
+    assert np.abs(cdf - want).max() < TANH_CDF_ERROR_BOUND
+    np.testing.assert_allclose(
+        pdf, np.exp(-wide * wide / 2) / math.sqrt(2 * math.pi), rtol=1e-5, atol=1e-37
+    )
+    assert (cdf[x >= 6] == 1).all() and (cdf[x <= -60] == 0).all()
+    assert (np.diff(cdf[:200001]) >= 0).all()
+
+
+# ---------------------------------------------------------------- the CPU runtime
+
+
+def test_row_blocks_cover_the_rows_once():
+    a = np.zeros((10, 7))
+    blocks = cpu_runtime.row_blocks(a, elements=21)
+    assert [(s.start, s.stop) for s in blocks] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert cpu_runtime.row_blocks(a, elements=1000) == [slice(0, 10)]
+
+
+def test_parallel_runs_every_item_and_reraises(monkeypatch):
+    monkeypatch.setenv("TINYVIT_THREADS", "3")
+    monkeypatch.setattr(cpu_runtime, "_pool", None)
+    seen = []
+    cpu_runtime.parallel(seen.append, range(10))
+    assert sorted(seen) == list(range(10))
+
+    def fail(i):
+        if i == 7:
+            raise ValueError("item 7")
+
+    with pytest.raises(ValueError, match="item 7"):
+        cpu_runtime.parallel(fail, range(10))
+    cpu_runtime._pool = None
+
+
+needs_openblas = pytest.mark.skipif(
+    cpu_runtime.blas_thread_timeout() is None, reason="NumPy here does not use OpenBLAS"
+)
+
+
+@needs_openblas
+@pytest.mark.parametrize("numpy_first", [True, False], ids=["numpy first", "tinyvit first"])
+def test_openblas_threads_sleep_whatever_the_import_order(numpy_first):
+    """NumPy imported first has already loaded OpenBLAS with its 2^28-cycle spin; tinyvit
+    makes it read the setting again, so a script's import order does not matter."""
+    first = "import numpy; " if numpy_first else ""
+    code = first + (
+        "import tinyvit; from tinyvit.kernels import cpu_runtime; "
+        "print(cpu_runtime.blas_thread_timeout())"
+    )
+    out = python(code, OPENBLAS_THREAD_TIMEOUT=None)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4"]
+
+
+@needs_openblas
+def test_a_timeout_the_user_chose_is_kept():
+    code = "import numpy; import tinyvit.kernels as k; print(k.cpu_runtime.blas_thread_timeout())"
+    out = python(code, OPENBLAS_THREAD_TIMEOUT="12")
+    assert out.stdout.split() == ["12"]

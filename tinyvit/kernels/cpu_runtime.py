@@ -1,0 +1,179 @@
+"""Running fast on a CPU: cache-sized blocks, a thread per core, quiet BLAS threads, kept memory.
+
+Nothing here changes a result; it changes how long the CPU kernels
+(``kernels/cpu.py``) take to get it. Four facts about a CPU drive it.
+
+**Passes over memory.** NumPy runs an expression one operation at a time, and
+each operation streams its whole input and output through memory: a GELU of
+twenty-four operations on a 25 MB activation reads and writes 1.2 GB. Cut the
+rows into blocks of about 512 KB per array, small enough to stay in the
+core's cache while all the operations run on them, and each operation after
+the first finds its data in cache (``row_blocks``, ``CHUNK_ELEMENTS``).
+
+**Cores.** NumPy's loops run on one core, but they release the GIL, so blocks
+handed to a pool of one thread per core run side by side (``parallel``,
+``for_each_chunk``; ``$TINYVIT_THREADS`` sets the count).
+
+**OpenBLAS's idle threads.** After each matrix product, OpenBLAS's worker
+threads keep spinning for about 2^28 cycles (a tenth of a second), waiting for
+the next product, and on a machine with few cores they take the cores our
+blocks need: a GELU right after a matrix product ran 1.5x slower. Told to wait
+2^4 cycles (``OPENBLAS_THREAD_TIMEOUT=4``), they sleep at once, and the
+products are no slower. OpenBLAS reads that setting when it is loaded, which
+is usually before tinyvit is imported (``import numpy`` comes first in most
+scripts), so ``quiet_blas_threads`` sets it, asks the loaded library to read
+its settings again and restarts its threads with it.
+
+**The allocator.** glibc hands every freed block above 128 KB straight back to
+the operating system, and the next activation of the same size costs
+thousands of page faults to get it back. Training allocates and frees the same
+few sizes every step, so ``keep_freed_memory`` asks glibc to keep them.
+
+On the GPU none of this applies: an array is one block and CuPy is parallel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import backend
+
+CHUNK_ELEMENTS = 1 << 17  # per array per block: 512 KB of float32 (a whole step:
+# 4% faster than 256 KB or 1 MB on a 2 MB L2 cache)
+BLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles of spinning, then sleep
+
+_pool = None
+
+
+# ---------------------------------------------------------------------------
+# blocks and threads
+# ---------------------------------------------------------------------------
+
+
+def num_threads() -> int:
+    """Threads for chunked work: ``$TINYVIT_THREADS``, else one per core."""
+    return max(1, int(os.environ.get("TINYVIT_THREADS") or os.cpu_count() or 1))
+
+
+def row_blocks(array, elements=None) -> list[slice]:
+    """Slices of whole rows (first axis) of ``array``, about ``elements`` entries each
+    (default ``CHUNK_ELEMENTS``). A single slice on the GPU, or when the array is small.
+    """
+    elements = elements or CHUNK_ELEMENTS
+    rows = array.shape[0]
+    per_row = max(1, array.size // max(rows, 1))
+    block = max(1, elements // per_row)
+    if backend.is_cuda_array(array) or rows <= block:
+        return [slice(0, rows)]
+    return [slice(i, min(i + block, rows)) for i in range(0, rows, block)]
+
+
+def parallel(fn, items) -> None:
+    """Call ``fn(item)`` for every item, on a pool of ``num_threads()`` threads.
+
+    The calls must not depend on each other (they write disjoint outputs).
+    """
+    items = list(items)
+    threads = min(num_threads(), len(items))
+    if threads <= 1:
+        for item in items:
+            fn(item)
+        return
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(num_threads(), thread_name_prefix="tinyvit")
+
+    def run_share(k):  # thread k takes items k, k + threads, k + 2 threads, ...
+        for item in items[k::threads]:
+            fn(item)
+
+    # One task per thread, not per item: a task costs a lock and a future.
+    for _ in _pool.map(run_share, range(threads)):  # re-raises the first exception
+        pass
+
+
+def for_each_chunk(kernel, *arrays) -> None:
+    """Call ``kernel(*blocks)`` on matching row blocks of ``arrays``, in parallel.
+
+    Every array has the same number of rows (first axis); a block keeps whole
+    rows, so a kernel may reduce along the other axes (LayerNorm, softmax).
+    Kernels write into blocks of output arrays passed among ``arrays``.
+    """
+    parallel(lambda rows: kernel(*(a[rows] for a in arrays)), row_blocks(arrays[0]))
+
+
+# ---------------------------------------------------------------------------
+# OpenBLAS's threads
+# ---------------------------------------------------------------------------
+
+
+def _loaded_openblas():
+    """The OpenBLAS library this process has loaded (NumPy's), or None.
+
+    Found by name among the process's mapped files (Linux); elsewhere, or with
+    another BLAS (Apple's Accelerate, MKL), there is nothing to do.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            library = ctypes.CDLL(path)
+            library.openblas_thread_timeout  # noqa: B018 (the three entry points we need)
+            library.openblas_read_env  # noqa: B018
+            library.blas_thread_shutdown_  # noqa: B018
+        except (OSError, AttributeError):
+            continue
+        return library
+    return None
+
+
+def blas_thread_timeout():
+    """OpenBLAS's thread timeout as it reads it (0: its default, 2^28 cycles), or None."""
+    library = _loaded_openblas()
+    return None if library is None else int(library.openblas_thread_timeout())
+
+
+def quiet_blas_threads() -> bool:
+    """Make OpenBLAS's idle threads sleep at once instead of spinning (see the module's text).
+
+    Works whether NumPy was imported before tinyvit or after. A timeout the
+    user set in the environment is kept. Returns True when OpenBLAS now runs
+    with a short timeout.
+    """
+    wanted = os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_THREAD_TIMEOUT)
+    library = _loaded_openblas()
+    if library is None:
+        return False
+    if library.openblas_thread_timeout() != int(wanted):
+        library.openblas_read_env()  # read OPENBLAS_THREAD_TIMEOUT again...
+        library.blas_thread_shutdown_()  # ...and restart the threads, which take it on their start
+    return library.openblas_thread_timeout() == int(wanted)
+
+
+# ---------------------------------------------------------------------------
+# the C allocator
+# ---------------------------------------------------------------------------
+
+
+def keep_freed_memory() -> bool:
+    """Ask the C allocator (glibc) to keep freed blocks of up to 32 MB for reuse.
+
+    A free 10-25% on elementwise work in training, at the price of the
+    process holding on to its peak memory. Called by the trainer and the
+    benchmarks; a no-op (returning False) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks up to 32 MB come from the heap...
+    ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30)  # ...and stay there when freed
+    return bool(ok)
