@@ -1,18 +1,30 @@
-"""Training throughput on the CPU: tinyvit against PyTorch eager, side by side.
+"""Training throughput on the CPU: tinyvit against PyTorch eager, side by side, in one run.
 
 For each configuration, one training step (forward, cross-entropy with label
-smoothing, backward, gradient clipping, AdamW step) of tinyvit and of a
-PyTorch ViT with the same weights, batch and thread count, interleaved step
-by step so that both see the same machine; the median over several steps
-after a warm-up, and the ratio. Beside them, the NumPy bound: the model's
-matrix products alone (forward and backward), timed, which no NumPy engine
-can beat. Peak memory of each is measured in a fresh process: the growth of
-the resident set from before the first step to its high-water mark.
+smoothing, backward, gradient clipping, AdamW step) of each contestant, with
+the same model shape, batch and thread count:
 
-    python benchmarks/bench_cpu.py                      # all configurations
+* ``tinyvit``: this tree, kernels on (the default);
+* ``tinyvit-reference``: this tree with ``TINYVIT_KERNELS=reference``, every
+  op on ``functional.py``'s plain code;
+* ``baseline`` (with ``--baseline DIR``): the tinyvit of another checkout,
+  for instance the commit before a change (``git worktree add /tmp/old HEAD~3``);
+* ``torch``: a PyTorch ViT with timm's layout (skipped without torch);
+* ``numpy-gemm-bound``: the model's matrix products alone, forward and
+  backward: no NumPy engine can be faster than this.
+
+Each contestant lives in a process of its own, and the parent asks them for
+one step in turn, round after round, so that all of them see the same
+machine at the same moments; the median over the rounds after a warm-up is
+reported. The peak memory of each is the growth of its resident set from
+before its first step to its high-water mark.
+
+    python benchmarks/bench_cpu.py                          # all configurations
     python benchmarks/bench_cpu.py --configs vit_cifar_tiny --steps 5
+    python benchmarks/bench_cpu.py --baseline /tmp/old      # old and new in one run
 
-PyTorch is optional; without it the ratio is left out.
+Run it on an otherwise idle machine: a second busy process slows OpenBLAS's
+threaded products by up to 10x.
 """
 
 from __future__ import annotations
@@ -29,35 +41,36 @@ from pathlib import Path
 
 import numpy as np
 
-import tinyvit
-import tinyvit.functional as F
-from tinyvit import kernels
-from tinyvit.optim import AdamW, clip_grad_norm
-from tinyvit.vit import CONFIGS
-
-try:
-    import torch
-except ImportError:
-    torch = None
-
-# The configurations of the benchmark: the plain pre-norm ViT of the CPU-speed
-# issue (D 192, 6 layers, 3 heads, MLP 768, patch 4), the CPU lesson's
-# default, and the ViT-Lite-7/4-like one. All on 32 x 32 images, 10 classes.
+# The configurations of the benchmark: a plain pre-norm ViT (D 192, 6 layers,
+# 3 heads, MLP 768, patch 4), the CPU run's default, and the ViT-Lite-7/4-like
+# one. All on 32 x 32 images, 10 classes.
 BENCHMARKS = {
     "vit_d192_6x3_mlp768": dict(
         image_size=32, patch_size=4, num_classes=10, dim=192, depth=6, heads=3, mlp_dim=768
     ),
-    "vit_cifar_tiny": CONFIGS["vit_cifar_tiny"],
-    "vit_lite_7_4": CONFIGS["vit_lite_7_4"],
+    "vit_cifar_tiny": dict(
+        image_size=32, patch_size=4, num_classes=10, dim=96, depth=6, heads=3, mlp_dim=192
+    ),
+    "vit_lite_7_4": dict(
+        image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, heads=4, mlp_dim=512
+    ),
 }
 
-
 # ---------------------------------------------------------------------------
-# the two contestants
+# the contestants: each builds a step function (in its own process)
 # ---------------------------------------------------------------------------
 
 
-def tinyvit_step_fn(config, batch, seed=0):
+def tinyvit_step(config, batch, seed=0):
+    import tinyvit
+    import tinyvit.functional as F
+    from tinyvit.optim import AdamW, clip_grad_norm
+
+    try:  # as the trainer runs (older trees kept this in backend)
+        from tinyvit.kernels.cpu_runtime import keep_freed_memory
+    except ImportError:
+        from tinyvit.backend import keep_freed_memory
+    keep_freed_memory()
     tinyvit.manual_seed(seed)
     model = tinyvit.ViT(**config)
     optimizer = AdamW(model, lr=1e-4, weight_decay=0.05)
@@ -73,10 +86,10 @@ def tinyvit_step_fn(config, batch, seed=0):
         clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
 
-    return model, step
+    return step
 
 
-def torch_vit(config):
+def torch_vit(torch, config):
     """A ViT as a PyTorch user writes it (timm's layout: fused qkv with bias, exact GELU,
     LayerNorm eps 1e-6, ``F.scaled_dot_product_attention``)."""
     nn, TF = torch.nn, torch.nn.functional
@@ -118,14 +131,20 @@ def torch_vit(config):
     return ViT()
 
 
-def torch_step_fn(config, batch, seed=0):
+def torch_step(config, batch, seed=0):
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
     torch.manual_seed(seed)
-    model = torch_vit(config)
+    model = torch_vit(torch, config)
     named = list(model.named_parameters())  # decay as tinyvit's AdamW does: not on biases,
-    decay = [p for n, p in named if p.ndim > 1 and n not in ("pos_embed", "cls_token")]  # norms,
-    rest = [p for n, p in named if not (p.ndim > 1 and n not in ("pos_embed", "cls_token"))]
+    decays = [p.ndim > 1 and n not in ("pos_embed", "cls_token") for n, p in named]  # norms...
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=1e-4
+        [
+            {"params": [p for (_, p), d in zip(named, decays) if d], "weight_decay": 0.05},
+            {"params": [p for (_, p), d in zip(named, decays) if not d], "weight_decay": 0.0},
+        ],
+        lr=1e-4,
     )
     rng = np.random.default_rng(seed)
     size = config["image_size"]
@@ -139,11 +158,14 @@ def torch_step_fn(config, batch, seed=0):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-    return model, step
+    return step
 
 
 def gemm_bound_step(config, batch, seed=0):
     """The matrix products of one training step alone: the NumPy bound."""
+    from tinyvit.kernels.cpu_runtime import quiet_blas_threads
+
+    quiet_blas_threads()  # as tinyvit runs them
     rng = np.random.default_rng(seed)
     D, M, H = config["dim"], config["mlp_dim"], config["heads"]
     P, size = config["patch_size"], config["image_size"]
@@ -178,32 +200,13 @@ def gemm_bound_step(config, batch, seed=0):
     return step
 
 
-# ---------------------------------------------------------------------------
-# measuring
-# ---------------------------------------------------------------------------
-
-
-def median_time(step, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved(steps: dict, warmup, repeats):
-    """Median seconds per step of each contestant, run in turns."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    samples = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in samples.items()}
+BUILDERS = {
+    "tinyvit": tinyvit_step,
+    "tinyvit-reference": tinyvit_step,
+    "baseline": tinyvit_step,
+    "torch": torch_step,
+    "numpy-gemm-bound": gemm_bound_step,
+}
 
 
 def _rss_mb(field):
@@ -211,34 +214,131 @@ def _rss_mb(field):
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024  # kB -> MB
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    return float("nan")
 
 
-def memory_child(framework, name, batch, steps):
-    """In a fresh process: resident-set growth from before the first step to its peak."""
-    config = BENCHMARKS[name]
-    if framework == "tinyvit":
-        kernels.cpu_runtime.keep_freed_memory()  # as the trainer runs
-        _, step = tinyvit_step_fn(config, batch)
-    else:
-        torch.set_num_threads(os.cpu_count())
-        _, step = torch_step_fn(config, batch)
+def serve(name, config_name, batch, warmup):
+    """A contestant's process: build, warm up, then run a step per line read from stdin."""
+    step = BUILDERS[name](BENCHMARKS[config_name], batch)
+    where = ""
+    if name.startswith(("tinyvit", "baseline")):
+        import tinyvit
+
+        where = str(Path(tinyvit.__file__).parent)
     before = _rss_mb("VmRSS")
-    for _ in range(steps):
+    for _ in range(warmup):
         step()
-    print(json.dumps({"peak_mb": _rss_mb("VmHWM") - before}))
+    print(json.dumps({"ready": True, "package": where}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            start = time.perf_counter()
+            step()
+            print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        elif line.strip() == "peak":
+            print(json.dumps({"peak_mb": _rss_mb("VmHWM") - before}), flush=True)
 
 
-def peak_memory(framework, name, batch, steps=3):
-    if not Path("/proc/self/status").exists():
-        return None
-    result = subprocess.run(
-        [sys.executable, __file__, "--memory-child", framework, name, str(batch), str(steps)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+# ---------------------------------------------------------------------------
+# the parent: start the contestants, ask for steps in turn
+# ---------------------------------------------------------------------------
+
+
+class Contestant:
+    def __init__(self, name, config_name, batch, warmup, env):
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", name, config_name, str(batch), str(warmup)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.package = self.ask(None)["package"]
+
+    def ask(self, command):
+        if command is not None:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"contestant {self.name} stopped (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def environments(args):
+    """The environment of each contestant's process."""
+    base = {k: v for k, v in os.environ.items() if k not in ("TINYVIT_KERNELS", "PYTHONPATH")}
+    base.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # what tinyvit sets, for every contestant
+    envs = {"tinyvit": base, "tinyvit-reference": {**base, "TINYVIT_KERNELS": "reference"}}
+    if args.baseline:
+        envs["baseline"] = {**base, "PYTHONPATH": str(Path(args.baseline).resolve())}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("torch is not installed: no PyTorch column")
+    else:
+        envs["torch"] = base
+    envs["numpy-gemm-bound"] = base
+    return envs
+
+
+def measure(config_name, args):
+    envs = environments(args)
+    contestants = [Contestant(n, config_name, args.batch, args.warmup, e) for n, e in envs.items()]
+    try:
+        samples = {c.name: [] for c in contestants}
+        for _ in range(args.steps):
+            for c in contestants:
+                samples[c.name].append(c.ask("step")["seconds"])
+        peaks = {c.name: c.ask("peak")["peak_mb"] for c in contestants}
+        packages = {c.name: c.package for c in contestants if c.package}
+    finally:
+        for c in contestants:
+            c.close()
+    seconds = {name: statistics.median(s) for name, s in samples.items()}
+    row = {
+        "config": config_name,
+        "model": BENCHMARKS[config_name],
+        "batch": args.batch,
+        "images_per_s": {name: args.batch / s for name, s in seconds.items()},
+        "peak_mb": {n: p for n, p in peaks.items() if n != "numpy-gemm-bound"},
+        "packages": packages,
+    }
+    if "torch" in seconds:
+        row["ratio_over_torch"] = {
+            n: seconds["torch"] / s for n, s in seconds.items() if n.startswith(("tinyvit", "base"))
+        }
+    if "baseline" in seconds:
+        row["tinyvit_over_baseline"] = seconds["baseline"] / seconds["tinyvit"]
+    return row
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_row(row):
+    speeds = "  ".join(f"{n} {v:.0f}" for n, v in row["images_per_s"].items())
+    text = f"{row['config']:<20} img/s: {speeds}"
+    if "ratio_over_torch" in row:
+        text += "  | ratio over torch: " + "  ".join(
+            f"{n} {v:.2f}" for n, v in row["ratio_over_torch"].items()
+        )
+    if "tinyvit_over_baseline" in row:
+        text += f"  | tinyvit / baseline {row['tinyvit_over_baseline']:.3f}"
+    text += "  | peak MB: " + "  ".join(f"{n} {v:.0f}" for n, v in row["peak_mb"].items())
+    return text
 
 
 def main(argv=None):
@@ -247,53 +347,34 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--baseline", type=Path, help="another tinyvit checkout to compare with")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/cpu.json"))
-    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_child:
-        framework, name, batch, steps = args.memory_child
-        memory_child(framework, name, int(batch), int(steps))
+    if args.serve:
+        name, config_name, batch, warmup = args.serve
+        serve(name, config_name, int(batch), int(warmup))
         return
+    if args.baseline and not (args.baseline / "tinyvit" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no tinyvit/__init__.py there")
 
-    kernels.cpu_runtime.keep_freed_memory()  # as the trainer runs
-    threads = os.cpu_count()
-    if torch is not None:
-        torch.set_num_threads(threads)
     rows = []
     for name in args.configs:
-        config = BENCHMARKS[name]
-        steps = {"tinyvit": tinyvit_step_fn(config, args.batch)[1]}
-        if torch is not None:
-            steps["torch"] = torch_step_fn(config, args.batch)[1]
-        seconds = interleaved(steps, args.warmup, args.steps)
-        bound = median_time(gemm_bound_step(config, args.batch), args.steps)
-        row = {
-            "config": name,
-            "model": config,
-            "batch": args.batch,
-            "tinyvit_images_per_s": args.batch / seconds["tinyvit"],
-            "numpy_gemm_bound_images_per_s": args.batch / bound,
-        }
-        if "torch" in seconds:
-            row["torch_images_per_s"] = args.batch / seconds["torch"]
-            row["ratio_tinyvit_over_torch"] = seconds["torch"] / seconds["tinyvit"]
-        if not args.no_memory:
-            row["tinyvit_peak_mb"] = peak_memory("tinyvit", name, args.batch)
-            if torch is not None:
-                row["torch_peak_mb"] = peak_memory("torch", name, args.batch)
-        rows.append(row)
-        print(format_row(row), flush=True)
+        rows.append(measure(name, args))
+        print(format_row(rows[-1]), flush=True)
+
+    import tinyvit
 
     report = {
         "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": threads,
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": np.__version__,
-            "torch": None if torch is None else torch.__version__,
-            "threads": threads,
+            "torch": _torch_version(),
         },
+        "command": "python benchmarks/bench_cpu.py " + " ".join(argv or sys.argv[1:]),
+        "kernels": tinyvit.kernels.describe("cpu"),
         "steps": args.steps,
         "warmup": args.warmup,
         "results": rows,
@@ -305,17 +386,12 @@ def main(argv=None):
     print(f"wrote {args.json}")
 
 
-def format_row(row):
-    def get(key, fmt):
-        return format(row[key], fmt) if row.get(key) is not None else "-"
-
-    return (
-        f"{row['config']:<22} tinyvit {get('tinyvit_images_per_s', '.0f'):>5} img/s   "
-        f"torch {get('torch_images_per_s', '.0f'):>5} img/s   "
-        f"ratio {get('ratio_tinyvit_over_torch', '.2f'):>5}   "
-        f"NumPy GEMM bound {get('numpy_gemm_bound_images_per_s', '.0f'):>5} img/s   "
-        f"peak MB tinyvit {get('tinyvit_peak_mb', '.0f')} torch {get('torch_peak_mb', '.0f')}"
-    )
+def _torch_version():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
 
 
 if __name__ == "__main__":

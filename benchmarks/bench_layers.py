@@ -1,9 +1,13 @@
-"""Per-layer forward + backward time: fused tinyvit, composed tinyvit, PyTorch eager.
+"""Per-layer forward + backward time: tinyvit's kernel, its reference op, the op composed
+from primitives, and PyTorch eager.
 
 The shapes are those of one encoder block of the benchmark's D 192 ViT (batch
 128, 65 tokens, width 192, 3 heads, MLP 768) in float32. For each layer the
-median of several timed repetitions after a warm-up, the three variants
-interleaved so that they see the same machine state. PyTorch is optional.
+median of several timed repetitions after a warm-up, the variants
+interleaved so that they see the same machine state. "kernel" is the op as
+``functional`` runs it by default (the CPU kernel where there is one),
+"reference" its plain body (``op.reference``, what ``TINYVIT_KERNELS=reference``
+runs). PyTorch is optional.
 
     python benchmarks/bench_layers.py [--repeat 7] [--json benchmarks/results/layers_cpu.json]
 """
@@ -13,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import tinyvit.functional as F
-from tinyvit import Tensor, composed
+from tinyvit import Tensor, composed, kernels
 
 try:
     import torch
@@ -31,38 +34,43 @@ except ImportError:
 B, N, D, HEADS, MLP, CLASSES = 128, 65, 192, 3, 768, 10
 
 
-def cases(rng):
-    """(name, shapes, tinyvit fused, tinyvit composed or None, torch function)."""
+def cases():
+    """(name, shapes, kernel, reference, composed or None, torch function or None)."""
     TF = torch.nn.functional if torch is not None else None
     dh = D // HEADS
+
+    def pair(op, wrap=lambda f: f):
+        return wrap(op), wrap(op.reference)
+
+    sdpa = F.scaled_dot_product_attention
     return [
-        ("linear qkv", [(B, N, D), (3 * D, D), (3 * D,)], F.linear, None, TF and TF.linear),
+        ("linear qkv", [(B, N, D), (3 * D, D), (3 * D,)], *pair(F.linear), None, TF and TF.linear),
         (
             "attention",
             [(B, HEADS, N, dh)] * 3,
-            F.scaled_dot_product_attention,
+            *pair(sdpa),
             None,
             TF and TF.scaled_dot_product_attention,
         ),
         (
             "softmax",
             [(B, HEADS, N, N)],
-            F.softmax,
+            *pair(F.softmax),
             composed.softmax,
             TF and (lambda x: TF.softmax(x, dim=-1)),
         ),
         (
             "layer_norm",
             [(B, N, D), (D,), (D,)],
-            F.layer_norm,
+            *pair(F.layer_norm),
             composed.layer_norm,
             TF and (lambda x, w, b: TF.layer_norm(x, (D,), w, b, eps=1e-6)),
         ),
-        ("gelu exact", [(B, N, MLP)], F.gelu, composed.gelu, TF and TF.gelu),
+        ("gelu exact", [(B, N, MLP)], *pair(F.gelu), composed.gelu, TF and TF.gelu),
         (
             "gelu tanh",
             [(B, N, MLP)],
-            lambda x: F.gelu(x, "tanh"),
+            *pair(F.gelu, lambda op: lambda x: op(x, "tanh")),
             lambda x: composed.gelu(x, "tanh"),
             TF and (lambda x: TF.gelu(x, approximate="tanh")),
         ),
@@ -83,6 +91,13 @@ def time_torch(fn, arrays, upstream):
     return time.perf_counter() - start
 
 
+def cpu_model() -> str:
+    """The CPU's name, as ``lscpu`` prints it."""
+    from bench_cpu import cpu_model as name
+
+    return name()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -90,17 +105,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     results = []
-    header = (
-        f"{'layer':<12} {'fused ms':>9} {'composed ms':>12} {'torch ms':>9} {'torch/fused':>12}"
-    )
-    print(header + "\n" + "-" * len(header))
-    for name, shapes, fused, plain, reference in cases(rng):
+    columns = ("kernel", "reference", "composed", "torch")
+    header = f"{'layer':<12}" + "".join(f"{c + ' ms':>14}" for c in columns)
+    print(header + f"{'torch/kernel':>14}" + "\n" + "-" * (len(header) + 14))
+    for name, shapes, kernel, reference, plain, theirs in cases():
         arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-        out_shape = fused(*[Tensor(a) for a in arrays]).shape
+        out_shape = kernel(*[Tensor(a) for a in arrays]).shape
         upstream = rng.standard_normal(out_shape).astype(np.float32)
-        variants = {"fused": (time_tinyvit, fused), "composed": (time_tinyvit, plain)}
+        variants = {
+            "kernel": (time_tinyvit, kernel),
+            "reference": (time_tinyvit, reference),
+            "composed": (time_tinyvit, plain),
+        }
         if torch is not None:
-            variants["torch"] = (time_torch, reference)
+            variants["torch"] = (time_torch, theirs)
         samples = {k: [] for k, (_, fn) in variants.items() if fn is not None}
         for round_ in range(args.repeat + 2):  # two warm-up rounds
             for key in samples:
@@ -111,24 +129,23 @@ def main(argv=None):
         median = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
         row = {"layer": name, "shapes": shapes, **{f"{k}_ms": v for k, v in median.items()}}
         if "torch" in median:
-            row["torch_over_fused"] = median["torch"] / median["fused"]
+            row["torch_over_kernel"] = median["torch"] / median["kernel"]
         results.append(row)
-
-        cells = [
-            f"{median[key]:>{width}.2f}" if key in median else f"{'-':>{width}}"
-            for key, width in (("fused", 9), ("composed", 12), ("torch", 9))
-        ]
-        ratio = f"{row['torch_over_fused']:>12.2f}" if "torch_over_fused" in row else f"{'-':>12}"
-        print(f"{name:<12} {' '.join(cells)} {ratio}")
+        cells = "".join(
+            f"{median[key]:>14.2f}" if key in median else f"{'-':>14}" for key in columns
+        )
+        ratio = f"{row['torch_over_kernel']:>14.2f}" if "torch_over_kernel" in row else f"{'-':>14}"
+        print(f"{name:<12}{cells}{ratio}")
     meta = {
-        "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "repeat": args.repeat,
         "dtype": "float32",
-        "note": "forward + backward, median milliseconds; torch/fused > 1 means tinyvit is faster",
+        "kernels": kernels.describe("cpu"),
+        "note": "forward + backward, median milliseconds; torch/kernel > 1: tinyvit is faster",
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_suffix(".json.tmp")

@@ -46,6 +46,6 @@ def gelu(x, approximate="none") -> Tensor:
     if approximate == "none":
         return 0.5 * x * (1.0 + (x * (1.0 / math.sqrt(2.0))).erf())
     if approximate == "tanh":
-        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
         return 0.5 * x * (1.0 + inner.tanh())
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', not {approximate!r}")

@@ -238,7 +238,7 @@ def gelu(x, approximate="none") -> Tensor:
         cdf = 0.5 * (1.0 + erf(a * (1.0 / math.sqrt(2.0))))  # Phi(x)
         y = a * cdf
     else:
-        t = xp.tanh(SQRT_2_OVER_PI * (a + TANH_CUBIC * a**3))
+        t = xp.tanh(SQRT_2_OVER_PI * (a + TANH_CUBIC * a * a * a))
         y = 0.5 * a * (1.0 + t)
 
     def backward(g):

@@ -139,21 +139,31 @@ def blas_thread_timeout():
     return None if library is None else int(library.openblas_thread_timeout())
 
 
+def set_blas_thread_timeout(exponent) -> bool:
+    """Tell the loaded OpenBLAS to let its idle threads spin for ``2**exponent`` cycles.
+
+    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` (4 to 30) when it starts its
+    threads; this sets it, has the library read its settings again and stops
+    its threads, which start afresh, with the new timeout, at the next
+    product. Returns True when OpenBLAS now runs with it.
+    """
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(int(exponent))
+    library = _loaded_openblas()
+    if library is None:
+        return False
+    if library.openblas_thread_timeout() != int(exponent):
+        library.openblas_read_env()
+        library.blas_thread_shutdown_()
+    return library.openblas_thread_timeout() == int(exponent)
+
+
 def quiet_blas_threads() -> bool:
     """Make OpenBLAS's idle threads sleep at once instead of spinning (see the module's text).
 
     Works whether NumPy was imported before tinyvit or after. A timeout the
-    user set in the environment is kept. Returns True when OpenBLAS now runs
-    with a short timeout.
+    user set in the environment is kept.
     """
-    wanted = os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_THREAD_TIMEOUT)
-    library = _loaded_openblas()
-    if library is None:
-        return False
-    if library.openblas_thread_timeout() != int(wanted):
-        library.openblas_read_env()  # read OPENBLAS_THREAD_TIMEOUT again...
-        library.blas_thread_shutdown_()  # ...and restart the threads, which take it on their start
-    return library.openblas_thread_timeout() == int(wanted)
+    return set_blas_thread_timeout(os.environ.get("OPENBLAS_THREAD_TIMEOUT") or BLAS_THREAD_TIMEOUT)
 
 
 # ---------------------------------------------------------------------------
