@@ -285,18 +285,28 @@ def test_functions_keep_float32(case, make, xp):
         assert t.grad.dtype == np.float32
 
 
-# ---------------------------------------------------------------- fused versus composed
+# ---------------------------------------------------------------- one op versus composed
+
+
+def composed_attention(q, k, v):
+    """Eq. 6-7 from primitive tensor ops: autograd derives the backward."""
+    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    return composed.softmax(scores, axis=-1) @ v
+
 
 PAIRS = [
     ("softmax", lambda x: F.softmax(x, 1), lambda x: composed.softmax(x, 1), ()),
     ("layer_norm", F.layer_norm, composed.layer_norm, ((6,), (6,))),
     ("gelu", F.gelu, composed.gelu, ()),
     ("gelu tanh", lambda x: F.gelu(x, "tanh"), lambda x: composed.gelu(x, "tanh"), ()),
+    ("attention", F.scaled_dot_product_attention, composed_attention, ((3, 5, 6), (3, 5, 6))),
 ]
 
 
 @pytest.mark.parametrize("name,fused,plain,extra", PAIRS, ids=[p[0] for p in PAIRS])
-def test_fused_and_composed_agree(name, fused, plain, extra, make, xp):
+def test_one_op_and_its_composition_agree(name, fused, plain, extra, make, xp):
+    """The hand-written backward (kernel or reference, whichever is active) against the
+    derivative autograd builds from the primitives' own backwards."""
     x = make(3, 4, 6, scale=2.0)
     params = [make(*shape) for shape in extra]
     upstream = xp.asarray(np.random.default_rng(5).standard_normal((3, 4, 6)))

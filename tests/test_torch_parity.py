@@ -1,5 +1,6 @@
 """Against PyTorch: each function's output and input gradients, for a random
-upstream gradient, agree with torch in float64. Skipped where torch is missing."""
+upstream gradient, agree with torch in float64, on the kernels and on the
+reference path. Skipped where torch is missing."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ import numpy as np
 import pytest
 
 import tinyvit.functional as F
-from tinyvit import Tensor, concatenate, stack
+from tinyvit import Tensor, concatenate, kernels, stack
 from tinyvit.backend import to_numpy
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 TOL = {"rtol": 1e-7, "atol": 1e-8}  # well inside the 1e-6 the brief asks for
+
+
+@pytest.fixture(autouse=True, params=["auto", "reference"])
+def kernel_mode(request):
+    """Every comparison twice: with the kernels, and with every op on its reference."""
+    with kernels.using(request.param):
+        yield request.param
 
 
 def compare(ours, theirs, shapes, xp, seed=0, int_args=()):
