@@ -192,3 +192,21 @@ def test_linear_layer_matches_functional():
     x = Tensor(np.ones((4, 3), dtype=np.float32))
     np.testing.assert_array_equal(layer(x).data, F.linear(x, layer.weight, layer.bias).data)
     assert "Linear(3, 2, bias=True)" in repr(layer)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: nn.Linear(0, 3), "Linear: in_features must be an integer >= 1, got 0"),
+        (lambda: nn.Linear(3, -2), "Linear: out_features must be an integer >= 1, got -2"),
+        (lambda: nn.LayerNorm(0), "LayerNorm: dim must be an integer >= 1, got 0"),
+        (lambda: nn.LayerNorm(4, eps=0), r"LayerNorm: eps must be a number > 0, got 0"),
+        (lambda: nn.Dropout(1.0), r"Dropout: p must be a number in \[0, 1\), got 1.0"),
+        (lambda: nn.Attention(8, 0), "Attention: heads must be an integer >= 1, got 0"),
+        (lambda: nn.Attention(8, -3), "Attention: heads must be an integer >= 1, got -3"),
+        (lambda: nn.Block(8, 2, 0), "Mlp: hidden_dim must be an integer >= 1, got 0"),
+    ],
+)
+def test_constructors_name_a_bad_argument(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

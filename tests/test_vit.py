@@ -193,8 +193,46 @@ def test_gradient_check_with_pre_logits_and_input_gradient(xp, device):
 
 
 def test_image_side_must_be_a_multiple_of_the_patch():
-    with pytest.raises(ValueError, match="image_size 30 is not a multiple of patch_size 4.*28"):
+    with pytest.raises(ValueError, match=r"patch_size 4 does not divide image_size 30.*1, 2, 3, 5"):
         ViT(**{**SMALL, "image_size": 30})
+    with pytest.raises(ValueError, match=r"patch_size 64 does not divide image_size 32.*16, 32\)"):
+        create("vit_cifar_tiny", patch_size=64)  # the hint lists patch sizes that fit, not 0
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("depth", -1, "depth must be an integer >= 1, got -1"),
+        ("depth", 0, "depth must be an integer >= 1, got 0"),
+        ("image_size", 0, "image_size must be an integer >= 1, got 0"),
+        ("num_classes", 0, "num_classes must be an integer >= 1, got 0"),
+        ("patch_size", 0, "patch_size must be an integer >= 1, got 0"),
+        ("heads", 0, "heads must be an integer >= 1, got 0"),
+        ("heads", -3, "heads must be an integer >= 1, got -3"),
+        ("dim", -8, "dim must be an integer >= 1, got -8"),
+        ("mlp_dim", 0, "mlp_dim must be an integer >= 1, got 0"),
+        ("channels", 0, "channels must be an integer >= 1, got 0"),
+        ("dropout", 2, r"dropout must be a number in \[0, 1\), got 2"),
+        ("emb_dropout", -0.1, r"emb_dropout must be a number in \[0, 1\), got -0.1"),
+        ("representation_size", 0, "representation_size must be an integer >= 1, got 0"),
+        ("pool", "max", "pool must be one of 'cls', 'mean', got 'max'"),
+        ("gelu", "erf", "gelu must be one of 'none', 'tanh', got 'erf'"),
+        ("heads", 3, r"heads 3 does not divide dim 8.*1, 2, 4, 8"),
+    ],
+)
+def test_nonsense_arguments_are_refused_by_name(name, value, message):
+    with pytest.raises(ValueError, match="ViT: " + message):
+        ViT(**{**SMALL, name: value})
+
+
+@pytest.mark.parametrize("name,value", [("depth", 2.5), ("dim", "8"), ("heads", True)])
+def test_arguments_of_the_wrong_type_are_refused_by_name(name, value):
+    with pytest.raises(TypeError, match=f"ViT: {name} must be an integer >= 1, got {value!r}"):
+        ViT(**{**SMALL, name: value})
+
+
+def test_numpy_integers_are_integers():
+    assert ViT(**{**SMALL, "depth": np.int64(1)}).config["depth"] == 1
 
 
 @pytest.mark.parametrize(
@@ -213,20 +251,21 @@ def test_wrong_images_are_named(shape, words):
 
 
 def test_integer_images_are_refused():
+    images = np.zeros((1, 3, 8, 8), dtype=np.uint8)
     with pytest.raises(TypeError, match="uint8.*normalise"):
-        small_vit()(np.zeros((1, 3, 8, 8), dtype=np.uint8))
+        small_vit()(images)
+    with pytest.raises(TypeError, match="a Tensor of uint8.*normalise"):
+        small_vit()(Tensor(images))  # wrapped, the same images are refused the same way
+
+
+def test_a_tensor_in_another_dtype_is_named():
+    with pytest.raises(TypeError, match="float32 but the images are a Tensor of float64"):
+        small_vit(dtype=np.float32)(Tensor(np.zeros((1, 3, 8, 8)), dtype=np.float64))
 
 
 def test_arrays_take_the_model_dtype():
     model = ViT(**SMALL)  # float32
     assert model(np.zeros((1, 3, 8, 8))).dtype == np.float32
-
-
-def test_bad_pool_and_heads():
-    with pytest.raises(ValueError, match="'max'"):
-        ViT(**{**SMALL, "pool": "max"})
-    with pytest.raises(ValueError, match="divisible"):
-        ViT(**{**SMALL, "heads": 3})
 
 
 # ---------------------------------------------------------------- parity with PyTorch

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from . import kernels
+from . import backend, kernels
+from .checks import NONNEGATIVE_INT
+from .cli import ArgumentParser, fail, flag_type
 from .gradcheck import check_every_layer
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m tinyvit",
         description="Check every layer's hand-written backward against central differences.",
     )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=backend.DEVICES)
+    parser.add_argument("--seed", type=flag_type(NONNEGATIVE_INT), default=0, metavar="N")
     args = parser.parse_args(argv)
+    try:
+        backend.check_device_name(args.device)
+    except backend.DeviceError as error:
+        fail(str(error))
     print(kernels.describe(args.device), end="\n\n")
     reports = check_every_layer(seed=args.seed, device=args.device)
     for report in reports:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend
+from . import backend, checks
 from . import functional as F
 from .tensor import Tensor
 
@@ -204,6 +204,8 @@ class Linear(Module):
     """``y = x W^T + b`` with ``weight`` (out, in); weights trunc-normal(0.02), bias 0."""
 
     def __init__(self, in_features, out_features, bias=True):
+        checks.POSITIVE_INT.check("Linear: in_features", in_features)
+        checks.POSITIVE_INT.check("Linear: out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(trunc_normal((out_features, in_features)))
         self.bias = Parameter(np.zeros(out_features, dtype=backend.DEFAULT_DTYPE)) if bias else None
@@ -219,6 +221,8 @@ class LayerNorm(Module):
     """LayerNorm over the last axis (Eq. 2-4's LN); weight 1, bias 0, eps 1e-6."""
 
     def __init__(self, dim, eps=1e-6):
+        checks.POSITIVE_INT.check("LayerNorm: dim", dim)
+        checks.POSITIVE.check("LayerNorm: eps", eps)
         self.dim, self.eps = dim, eps
         self.weight = Parameter(np.ones(dim, dtype=backend.DEFAULT_DTYPE))
         self.bias = Parameter(np.zeros(dim, dtype=backend.DEFAULT_DTYPE))
@@ -232,7 +236,7 @@ class LayerNorm(Module):
 
 class Dropout(Module):
     def __init__(self, p=0.0):
-        self.p = p
+        self.p = checks.FRACTION.check("Dropout: p", p)
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
@@ -258,6 +262,7 @@ class Mlp(Module):
     """The MLP of Eq. 3: ``fc2(dropout(GELU(fc1(x))))``, then dropout."""
 
     def __init__(self, dim, hidden_dim, dropout=0.0, gelu="none"):
+        checks.POSITIVE_INT.check("Mlp: hidden_dim", hidden_dim)
         self.fc1 = Linear(dim, hidden_dim)
         self.act = GELU(gelu)
         self.fc2 = Linear(hidden_dim, dim)
@@ -280,6 +285,8 @@ class Attention(Module):
     """
 
     def __init__(self, dim, heads, dropout=0.0):
+        checks.POSITIVE_INT.check("Attention: dim", dim)
+        checks.POSITIVE_INT.check("Attention: heads", heads)
         if dim % heads:
             raise ValueError(f"Attention: dim ({dim}) must be divisible by heads ({heads})")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads

@@ -29,7 +29,7 @@ import inspect
 
 import numpy as np
 
-from . import backend
+from . import backend, checks
 from . import functional as F
 from .nn import Block, Dropout, LayerNorm, Linear, Module, Parameter, trunc_normal
 from .tensor import Tensor, concatenate
@@ -89,6 +89,48 @@ class PreLogits(Module):
         return self.fc(x).tanh()
 
 
+def check_config(
+    image_size,
+    patch_size,
+    num_classes,
+    dim,
+    depth,
+    heads,
+    mlp_dim,
+    pool="cls",
+    channels=3,
+    dropout=0.0,
+    emb_dropout=0.0,
+    gelu="none",
+    representation_size=None,
+) -> None:
+    """Check ``ViT``'s arguments without building anything; a ValueError or TypeError
+    names the argument, what it must be and what it is."""
+    for name, value in dict(
+        image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim,
+        depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels,
+    ).items():  # fmt: skip
+        checks.POSITIVE_INT.check(f"ViT: {name}", value)
+    for name, value in dict(dropout=dropout, emb_dropout=emb_dropout).items():
+        checks.FRACTION.check(f"ViT: {name}", value)
+    checks.one_of("ViT: pool", pool, ("cls", "mean"))
+    checks.one_of("ViT: gelu", gelu, ("none", "tanh"))
+    if representation_size is not None:
+        checks.POSITIVE_INT.check("ViT: representation_size", representation_size)
+    if image_size % patch_size:
+        fits = ", ".join(map(str, checks.divisors(image_size)))
+        raise ValueError(
+            f"ViT: patch_size {patch_size} does not divide image_size {image_size}: the image "
+            f"must split into whole patches (patch sizes that fit: {fits})"
+        )
+    if dim % heads:
+        fits = ", ".join(map(str, checks.divisors(dim)))
+        raise ValueError(
+            f"ViT: heads {heads} does not divide dim {dim}: each head takes dim / heads "
+            f"features (head counts that fit: {fits})"
+        )
+
+
 class ViT(Module):
     """The Vision Transformer, with the arguments of vit-pytorch's ``ViT``.
 
@@ -119,16 +161,12 @@ class ViT(Module):
         gelu="none",
         representation_size=None,
     ):
-        if image_size % patch_size:
-            raise ValueError(
-                f"ViT: image_size {image_size} is not a multiple of patch_size {patch_size}; "
-                "the image must split into whole patches "
-                f"(try {image_size // patch_size * patch_size})"
-            )
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"ViT: pool must be 'cls' or 'mean', not {pool!r}")
-        if dim % heads:
-            raise ValueError(f"ViT: dim ({dim}) must be divisible by heads ({heads})")
+        check_config(
+            image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim,
+            depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dropout=dropout, emb_dropout=emb_dropout, gelu=gelu,
+            representation_size=representation_size,
+        )  # fmt: skip
         self.config = dict(
             image_size=image_size,
             patch_size=patch_size,
@@ -161,7 +199,12 @@ class ViT(Module):
     # -- the four equations --------------------------------------------------
 
     def check_images(self, images) -> Tensor:
-        """Check a batch of images and return it as a tensor in the model's dtype."""
+        """Check a batch of images and return it as a tensor in the model's dtype.
+
+        An array of floats is cast to the model's dtype; a ``Tensor`` must
+        already have it (a cast would cut it from its graph). Integer images,
+        wrapped in a ``Tensor`` or not, are refused: normalise them first.
+        """
         shape = tuple(images.shape)
         expected = (self.channels, self.image_size, self.image_size)
         if len(shape) != 4 or shape[1:] != expected:
@@ -171,13 +214,19 @@ class ViT(Module):
                 + ("" if len(shape) == 4 else f": a rank-{len(shape)} array, not (B, C, H, W)")
             )
         dtype = self.pos_embed.dtype
-        if isinstance(images, Tensor):
-            return images
         if images.dtype.kind != "f":
+            what = "a Tensor of " if isinstance(images, Tensor) else ""
             raise TypeError(
-                f"ViT expects floating-point images, got {images.dtype}; "
-                "normalise them first (tinyvit.data does)"
+                f"ViT expects floating-point images, got {what}{images.dtype}; "
+                "normalise them first (tinyvit.data.normalize does)"
             )
+        if isinstance(images, Tensor):
+            if images.dtype != dtype:
+                raise TypeError(
+                    f"ViT's weights are {dtype} but the images are a Tensor of {images.dtype}; "
+                    f"convert one of them (images.astype({dtype.name}) or model.to(...))"
+                )
+            return images
         return Tensor(images.astype(dtype, copy=False))
 
     def forward_features(self, images) -> Tensor:

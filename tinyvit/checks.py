@@ -1,0 +1,101 @@
+"""Argument checks that say what was expected and what was given.
+
+A constructor or a command line that accepts nonsense fails later, far from
+the cause: ``heads=0`` as a division by zero, ``depth=-1`` as a model with no
+blocks that trains without complaint. Every argument with a range is checked
+here, once, by a ``Range``, and the error names the argument, the range and
+the value:
+
+    >>> POSITIVE_INT.check("ViT: depth", -1)
+    Traceback (most recent call last):
+    ValueError: ViT: depth must be an integer >= 1, got -1
+
+The command lines parse their flags with the same ranges
+(``tinyvit.cli.flag_type``), so a flag and the argument it sets can never
+disagree about what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Range:
+    """Integers or real numbers between ``low`` and ``high`` (either may be ``None``).
+
+    ``low_open`` / ``high_open`` exclude that end. Real numbers must be finite.
+    """
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        """The range in words: ``an integer >= 1``, ``a number in [0, 1)``."""
+        what = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{what} in {left}{self.low}, {self.high}{right}"
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{what} {'<' if self.high_open else '<='} {self.high}"
+        return "a finite number" if self.kind is float else what
+
+    def contains(self, value) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def check(self, name: str, value):
+        """``value`` as an ``int`` or ``float``, or a ValueError/TypeError naming ``name``."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"{name} must be {self.describe()}, got {value!r} ({type(value).__name__})"
+            )
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be {self.describe()}, got {value!r}")
+        number = int(value) if self.kind is int else float(value)
+        if not (math.isfinite(number) and self.contains(number)):
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+        return number
+
+
+POSITIVE_INT = Range(int, low=1)
+NONNEGATIVE_INT = Range(int, low=0)
+POSITIVE = Range(float, low=0, low_open=True)
+NONNEGATIVE = Range(float, low=0)
+FRACTION = Range(float, low=0, high=1, high_open=True)  # dropout, label smoothing, momentum
+
+
+def one_of(name: str, value, choices):
+    """``value`` if it is one of ``choices``, else a ValueError listing them."""
+    if value not in choices:
+        known = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {known}, got {value!r}")
+    return value
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n`` in increasing order (for hints: which patch sizes fit)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+__all__ = [
+    "FRACTION",
+    "NONNEGATIVE",
+    "NONNEGATIVE_INT",
+    "POSITIVE",
+    "POSITIVE_INT",
+    "Range",
+    "divisors",
+    "one_of",
+]
