@@ -2,7 +2,7 @@
 # # Lesson 6: training a ViT on CIFAR-10
 #
 # Everything so far comes together: the model of Eq. 1-4, the cross-entropy
-# of its logits, ``backward()`` through every layer, and an optimiser that
+# of its logits, ``backward()`` through every layer, and an optimizer that
 # follows the gradient. This lesson runs the trainer's default CPU recipe
 # (``python -m tinyvit.train`` does the same from the command line) and then
 # looks at what the trained model gets right and wrong.
@@ -24,11 +24,12 @@
 import numpy as np
 
 from tinyvit import data, no_grad
-from tinyvit.lesson import data_dir_flag, lesson_arguments
-from tinyvit.train import RECIPES, TrainConfig, Trainer
+from tinyvit.cli import fail
+from tinyvit.lesson import lesson_arguments, load_data
+from tinyvit.train import RECIPES, RunError, TrainConfig, Trainer
 
-args = lesson_arguments("06_train_cifar10", "Training a ViT on CIFAR-10.", extra=data_dir_flag)
-dataset = data.load_cifar10(args.data_dir)
+args = lesson_arguments("06_train_cifar10", "Training a ViT on CIFAR-10.")
+dataset = load_data(args)
 print(f"CIFAR-10: {len(dataset.y_train):,} training and {len(dataset.y_test):,} test images")
 
 # %% [markdown]
@@ -36,13 +37,20 @@ print(f"CIFAR-10: {len(dataset.y_train):,} training and {len(dataset.y_test):,} 
 #
 # The trainer prints one line per epoch, keeps ``metrics.jsonl`` and
 # ``curves.png`` up to date, and writes a checkpoint after every epoch, so
-# the run can be stopped with Ctrl-C and continued with ``--resume``.
+# the run can be stopped with Ctrl-C: running the lesson again continues it
+# where it stopped (``fit(resume=True)``; ``--resume`` on the command line
+# of ``python -m tinyvit.train``), and once it is finished, reuses it.
 
 # %%
 recipe = RECIPES["quick" if args.quick else "cpu"]
 config = TrainConfig(**{**TrainConfig().__dict__, **recipe, "device": args.device})
-trainer = Trainer(config, dataset, args.out)
-history = trainer.fit()
+try:
+    trainer = Trainer(config, dataset, args.out)
+    history = trainer.fit(resume=True)
+except RunError as error:  # e.g. a --quick run in the folder of a full one
+    fail(f"{error} (use another --out)")
+if trainer.epoch < config.epochs:
+    fail("stopped by Ctrl-C; run the lesson again to continue", 130)
 print("wrote", args.out / "curves.png")
 
 # %% [markdown]

@@ -28,12 +28,12 @@
 import numpy as np
 
 from tinyvit import backend, data, no_grad, viz
-from tinyvit.lesson import checkpoint_flags, lesson_arguments, trained_model
+from tinyvit.lesson import checkpoint_flags, lesson_arguments, load_data, trained_model
 
 args = lesson_arguments(
     "07_attention_maps", "Attention maps and attention rollout.", extra=checkpoint_flags
 )
-dataset = data.load_cifar10(args.data_dir)
+dataset = load_data(args)
 model = trained_model(args, dataset).eval()
 c = model.config
 grid = model.patch_embed.grid

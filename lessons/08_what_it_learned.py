@@ -25,12 +25,12 @@
 import numpy as np
 
 from tinyvit import ViT, backend, data, viz
-from tinyvit.lesson import checkpoint_flags, lesson_arguments, trained_model
+from tinyvit.lesson import checkpoint_flags, lesson_arguments, load_data, trained_model
 
 args = lesson_arguments(
     "08_what_it_learned", "The paper's Figure 7 for a trained model.", extra=checkpoint_flags
 )
-dataset = data.load_cifar10(args.data_dir)
+dataset = load_data(args)
 model = trained_model(args, dataset).eval()
 backend.manual_seed(0)
 untrained = ViT(**model.config).eval().to(args.device)  # the same shape, fresh weights

@@ -18,7 +18,7 @@
 #   but the learned position embeddings E_pos (Eq. 1) exist only for the old
 #   grid of patches. "We therefore perform 2D interpolation of the
 #   pre-trained position embeddings, according to their location in the
-#   original image" (``tinyvit.interop.resample_pos_embed``).
+#   original image" (``tinyvit.resample.resample_pos_embed``).
 #
 # Here the pre-trained model is lesson 6's CIFAR-10 model (or, without its
 # checkpoint, a short run trained now). The downstream task is a harder
@@ -40,21 +40,26 @@ import numpy as np
 
 from tinyvit import backend, data, manual_seed, no_grad
 from tinyvit.checkpoint import write_npz
-from tinyvit.finetune import finetune, upsample
+from tinyvit.checks import POSITIVE_INT
+from tinyvit.cli import flag_type
+from tinyvit.finetune import finetune
 from tinyvit.interop import for_finetuning, load_official, to_official
-from tinyvit.lesson import checkpoint_flags, lesson_arguments, trained_model
+from tinyvit.lesson import checkpoint_flags, lesson_arguments, load_data, trained_model
+from tinyvit.resample import interpolate
 from tinyvit.vit import ViT
 from tinyvit.viz import draw_position_similarity, plt, save_figure
 
 
 def flags(parser):
     checkpoint_flags(parser)
-    parser.add_argument("--resolution", type=int, default=48, help="fine-tuning image size")
-    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (300)")
+    parser.add_argument("--resolution", type=flag_type(POSITIVE_INT), default=48,
+                        help="fine-tuning image size, a multiple of the patch size (48)")
+    parser.add_argument("--steps", type=flag_type(POSITIVE_INT), default=None,
+                        help="fine-tuning steps (300)")  # fmt: skip
 
 
 args = lesson_arguments("09_fine_tuning", "Fine-tuning at a higher resolution.", extra=flags)
-dataset = data.load_cifar10(args.data_dir)
+dataset = load_data(args)
 model = trained_model(args, dataset).to(args.device)
 steps = args.steps or (6 if args.quick else 300)
 batch_size = 32 if args.quick else 64
@@ -92,7 +97,7 @@ def accuracy_on_task(net, size):
     with no_grad():
         for x, y in data.batches(x_test, y_test, 500, shuffle=False, augment="none",
                                  drop_last=False, device=args.device):  # fmt: skip
-            logits = net(upsample(x, size)).data[:, backend.to_device(chosen, args.device)]
+            logits = net(interpolate(x, size)).data[:, backend.to_device(chosen, args.device)]
             correct += int((logits.argmax(axis=1) == y).sum())
     return correct / len(y_test)
 

@@ -36,9 +36,11 @@
 import numpy as np
 
 from tinyvit import backend, data, manual_seed, no_grad
+from tinyvit.checks import POSITIVE_INT
+from tinyvit.cli import flag_type
 from tinyvit.fewshot import features, fewshot_accuracy
 from tinyvit.finetune import finetune, with_new_head
-from tinyvit.lesson import data_dir_flag, lesson_arguments
+from tinyvit.lesson import lesson_arguments, load_data
 from tinyvit.pretrain import (
     KEPT,
     RANDOM,
@@ -54,15 +56,15 @@ from tinyvit.viz import plt, save_figure
 
 
 def flags(parser):
-    data_dir_flag(parser)
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="default: 1500")
-    parser.add_argument("--finetune-steps", type=int, default=None, help="default: 750")
+    steps = flag_type(POSITIVE_INT)
+    parser.add_argument("--pretrain-steps", type=steps, default=None, help="default: 1500")
+    parser.add_argument("--finetune-steps", type=steps, default=None, help="default: 750")
 
 
 args = lesson_arguments(
     "10_masked_patch_prediction", "Masked patch prediction, then fine-tuning.", extra=flags
 )
-dataset = data.load_cifar10(args.data_dir)
+dataset = load_data(args)
 quick = args.quick
 pretrain_steps = args.pretrain_steps or (30 if quick else 1500)
 finetune_steps = args.finetune_steps or (10 if quick else 750)

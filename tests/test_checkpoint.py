@@ -107,3 +107,39 @@ def test_written_files_get_plain_permissions(tmp_path):
         os.umask(mask)
     for path in (npz, png):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def edited(tmp_path, change):
+    """A saved checkpoint whose description (the JSON meta entry) ``change`` rewrites."""
+    path = tinyvit.save(ViT(**SMALL), tmp_path / "model.npz")
+    arrays = read_npz(path)
+    key = "__tinyvit__/meta"
+    arrays[key] = np.array(change(str(arrays[key])))
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda meta: meta[:-5], r"__tinyvit__/meta entry is not valid JSON"),
+        (lambda meta: "[1, 2]", r"must be a JSON object, not list"),
+        (lambda meta: meta.replace('"model": "ViT", ', ""), r"has no 'model'"),
+        (lambda meta: meta.replace('"dtype": "float32"', '"dtype": 32'), r"'dtype'.*JSON string"),
+        (lambda meta: meta.replace('"dtype": "float32"', '"dtype": "int8"'), r"floating-point"),
+        (lambda meta: meta.replace('"dtype": "float32"', '"dtype": "bogus"'), r"'bogus'"),
+        (lambda meta: meta.replace('"config": {', '"config": [{').replace("}, ", "}], ", 1),
+         r"'config'.*JSON object"),
+        (lambda meta: meta.replace('"model": "ViT"', '"model": "ResNet"'), r"unknown model kind"),
+        (lambda meta: meta.replace('"tinyvit-checkpoint-1"', '"v9"'), r"unknown checkpoint format"),
+        (lambda meta: meta.replace('"depth": 2', '"depth": -1'),
+         r"does not build a ViT: ViT: depth must be an integer >= 1, got -1"),
+        (lambda meta: meta.replace('"depth": 2', '"depth": 3'), r"weights do not fit"),
+        (lambda meta: meta.replace('"heads": 2', '"layers": 2'), r"does not build a ViT"),
+    ],
+)
+def test_a_hand_edited_description_is_named(tmp_path, change, message):
+    path = edited(tmp_path, change)
+    with pytest.raises(CheckpointError, match=message) as info:
+        tinyvit.load(path)
+    assert str(path) in str(info.value)

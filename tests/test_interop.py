@@ -1,6 +1,7 @@
-"""Official Google checkpoints and the fine-tuning recipe: 2-D resampling of the
-position embeddings, a fresh zero head, and logits that agree with an
-independent NumPy forward over the official arrays."""
+"""Official Google checkpoints and the fine-tuning recipe: resampled position
+embeddings (``tests/test_resample.py`` checks the resampling itself), a fresh
+zero head, and logits that agree with an independent NumPy forward over the
+official arrays."""
 
 from __future__ import annotations
 
@@ -10,54 +11,8 @@ import numpy as np
 import pytest
 
 from tinyvit import ViT, manual_seed
-from tinyvit.interop import (
-    adapt,
-    for_finetuning,
-    interpolation_matrix,
-    load_official,
-    official_to_state_dict,
-    resample_pos_embed,
-)
-
-# ---------------------------------------------------------------- resampling
-
-
-@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
-def test_resampling_to_the_same_grid_changes_nothing(method):
-    pe = np.random.default_rng(0).standard_normal((1, 1 + 7 * 7, 5))
-    np.testing.assert_allclose(resample_pos_embed(pe, 7, method), pe, atol=1e-15)
-
-
-def test_bilinear_reproduces_a_linear_ramp_inside():
-    ramp = np.arange(6.0)  # samples at pixel centres 0..5
-    up = interpolation_matrix(6, 12, "bilinear") @ ramp
-    centres = (np.arange(12) + 0.5) * 0.5 - 0.5
-    inside = (centres >= 0) & (centres <= 5)
-    np.testing.assert_allclose(up[inside], centres[inside])
-
-
-@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
-@pytest.mark.parametrize("grids", [(4, 6), (6, (9, 5)), (8, 3)])
-def test_resampling_matches_torch_interpolate(method, grids):
-    torch = pytest.importorskip("torch")
-    old, new = grids
-    rows, cols = (new, new) if isinstance(new, int) else new
-    pe = np.random.default_rng(1).standard_normal((1, 1 + old * old, 3))
-    ours = resample_pos_embed(pe, new, method)
-    grid = torch.from_numpy(pe[0, 1:].reshape(old, old, 3)).permute(2, 0, 1)[None]
-    ref = torch.nn.functional.interpolate(grid, size=(rows, cols), mode=method, align_corners=False)
-    np.testing.assert_allclose(
-        ours[0, 1:], ref[0].permute(1, 2, 0).reshape(-1, 3).numpy(), atol=1e-12
-    )
-    np.testing.assert_array_equal(ours[:, :1], pe[:, :1])  # the class token's row is untouched
-
-
-def test_bad_interpolation_and_grid():
-    with pytest.raises(ValueError, match="'nearest'"):
-        interpolation_matrix(3, 4, "nearest")
-    with pytest.raises(ValueError, match="square"):
-        resample_pos_embed(np.zeros((1, 1 + 6, 2)), 3)
-
+from tinyvit.interop import adapt, for_finetuning, load_official, official_to_state_dict
+from tinyvit.resample import resample_pos_embed
 
 # ---------------------------------------------------------------- official checkpoints
 

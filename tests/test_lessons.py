@@ -38,11 +38,10 @@ def test_every_lesson_is_listed():
 
 @pytest.mark.parametrize("lesson", sorted(FIGURES))
 def test_lesson_runs_quick(lesson, tmp_path):
-    extra = []
-    if lesson in NEEDS_DATA:
-        if not SHARED.is_dir():
-            pytest.skip("no CIFAR-10 copy beside the repository")
-        extra = ["--data-dir", str(SHARED)]
+    # Every lesson takes the same flags, --data-dir included (lessons without data ignore it).
+    extra = ["--data-dir", str(SHARED)]
+    if lesson in NEEDS_DATA and not SHARED.is_dir():
+        pytest.skip("no CIFAR-10 copy beside the repository")
     # In a fresh working folder: lessons 7-9 must not find a lesson-6 model
     # left in the repository's runs/ and must train their own short one.
     out = tmp_path / "out"
@@ -58,3 +57,18 @@ def test_lesson_runs_quick(lesson, tmp_path):
         path = out / figure
         assert path.exists() and path.stat().st_size > 5000, f"{lesson} did not write {figure}"
         assert str(path) in result.stdout  # the lesson says where it wrote it
+
+
+@pytest.mark.parametrize("lesson", sorted(name for name in FIGURES if "07" <= name[:2] <= "09"))
+def test_a_mistyped_checkpoint_fails_at_once(lesson, tmp_path):
+    """Not a seven-minute training run: one error line naming the file, before any data."""
+    missing = tmp_path / "runs" / "lessons" / "06_train_cifar10" / "modle.npz"
+    result = subprocess.run(
+        [sys.executable, str(LESSONS / lesson), "--checkpoint", str(missing),
+         "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path / "out")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: argument --checkpoint: cannot read ")
+    assert len(result.stderr.splitlines()) == 1 and str(missing) in result.stderr
+

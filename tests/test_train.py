@@ -3,6 +3,7 @@ a diverging loss, and its command line runs end to end on CIFAR-10."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -194,3 +195,306 @@ def test_the_command_line_quick_run_on_cifar10(tmp_path):
     )  # better than chance after 2 tiny epochs
     for name in ("checkpoint.npz", "model.npz", "curves.png"):
         assert (out / name).exists()
+
+
+# ---------------------------------------------------------------------------
+# the command line, in process: settings, folders, failures (issue 13)
+# ---------------------------------------------------------------------------
+
+FAST = ["--quick", "--epochs", "1", "--train-limit", "128", "--test-limit", "64",
+        "--batch-size", "32", "--eval-batch-size", "64", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """CIFAR-10 replaced by the small synthetic set; the list records every load."""
+    loads = []
+
+    def load(root=None, download=True):
+        loads.append(root)
+        return synthetic_cifar()
+
+    monkeypatch.setattr(tinyvit.data, "load_cifar10", load)
+    return loads
+
+
+def run_cli(argv, capsys):
+    """``(exit status, stdout, stderr lines)`` of ``main(argv)``."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err.splitlines()
+
+
+def assert_one_error_line(err, *words):
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for word in words:
+        assert word in err[0], (word, err[0])
+
+
+BAD_FLAGS = [
+    (["--heads", "5"], ["heads 5 does not divide dim 96"]),
+    (["--patch-size", "5"], ["patch_size 5 does not divide image_size 32", "1, 2, 4, 8, 16"]),
+    (["--patch-size", "0"], ["--patch-size", "integer >= 1", "'0'"]),
+    (["--batch-size", "0"], ["--batch-size", "integer >= 1"]),
+    (["--test-limit", "0"], ["--test-limit", "integer >= 1"]),
+    (["--train-limit", "-5"], ["--train-limit", "'-5'"]),
+    (["--dim", "0"], ["--dim", "integer >= 1"]),
+    (["--depth", "-1"], ["--depth", "integer >= 1", "'-1'"]),
+    (["--mlp-dim", "0"], ["--mlp-dim"]),
+    (["--dropout", "2"], ["--dropout", "[0, 1)", "'2'"]),
+    (["--seed", "-1"], ["--seed", "integer >= 0"]),
+    (["--model", "vit_bogus"], ["--model", "unknown model 'vit_bogus'", "vit_cifar_tiny"]),
+    (["--augment", "bogus"], ["--augment", "'bogus'"]),
+    (["--pool", "avg"], ["--pool", "'avg'"]),
+    (["--gelu", "erf"], ["--gelu", "'erf'"]),
+    (["--label-smoothing", "2"], ["--label-smoothing", "[0, 1)"]),
+    (["--eval-batch-size", "0"], ["--eval-batch-size"]),
+    (["--epochs", "0"], ["--epochs", "integer >= 1"]),
+    (["--lr", "-1"], ["--lr", "number > 0", "'-1'"]),
+    (["--lr", "nan"], ["--lr", "'nan'"]),
+    (["--lr", "fast"], ["--lr", "'fast'"]),
+    (["--min-lr", "-1"], ["--min-lr", "number >= 0"]),
+    (["--weight-decay", "-0.1"], ["--weight-decay"]),
+    (["--momentum", "1"], ["--momentum", "[0, 1)"]),
+    (["--warmup-epochs", "-1"], ["--warmup-epochs"]),
+    (["--clip-grad", "-1"], ["--clip-grad"]),
+    (["--mixup", "-1"], ["--mixup", "number >= 0"]),
+    (["--cutmix", "inf"], ["--cutmix"]),
+    (["--optimizer", "adam"], ["--optimizer", "'adam'"]),
+    (["--device", "tpu"], ["--device", "'tpu'"]),
+    (["--recipe", "fast"], ["--recipe", "'fast'"]),
+    (["--warmup-epochs", "20"], ["warm-up (20 epochs", "run (16 epochs"]),
+    (["--min-lr", "0.1"], ["min_lr 0.1 is above lr 0.001"]),
+    (["--resume", "--overwrite"], ["--overwrite", "not allowed with argument --resume"]),
+    (["--epochs"], ["--epochs", "expected one argument"]),
+    (["--bogus"], ["unrecognized arguments: --bogus"]),
+]
+
+
+@pytest.mark.parametrize("flags,words", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_a_bad_flag_is_one_error_line_before_any_data(flags, words, tmp_path, fake_data, capsys):
+    code, _, err = run_cli([*flags, "--out", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert_one_error_line(err, *words)
+    assert fake_data == []  # refused before the data set was read
+    assert not (tmp_path / "run").exists()  # and before the folder was made
+
+
+def test_cuda_without_a_gpu_is_refused_before_any_data(tmp_path, fake_data, capsys):
+    if tinyvit.backend.cuda_available():
+        pytest.skip("a GPU is here")
+    code, _, err = run_cli(["--device", "cuda", "--out", str(tmp_path)], capsys)
+    assert code == 2 and fake_data == []
+    assert_one_error_line(err, "device 'cuda'")
+
+
+def test_bad_flags_in_a_real_process_print_no_traceback(tmp_path):
+    for flags in (["--dropout", "2"], ["--heads", "5"], ["--out", str(tmp_path / "f" / "x")]):
+        (tmp_path / "f").write_text("a file")
+        result = subprocess.run(
+            [sys.executable, "-m", "tinyvit.train", *flags, "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ")
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_second_run_does_not_replace_the_first(tmp_path, fake_data, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli([*FAST, "--out", str(out)], capsys)
+    assert code == 0 and "done" in stdout
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.jsonl")}
+    code, _, err = run_cli([*FAST, "--out", str(out)], capsys)
+    assert code == 2
+    assert_one_error_line(err, str(out), "already holds a run", "--resume", "--out", "--overwrite")
+    assert len(fake_data) == 1  # refused before the data set was read
+    for name, content in before.items():
+        assert (out / name).read_bytes() == content, name
+    code, stdout, _ = run_cli([*FAST, "--out", str(out), "--resume"], capsys)
+    assert code == 0 and "resuming" in stdout  # the finished run, continued: nothing to do
+    assert (out / "checkpoint.npz").read_bytes() == before["checkpoint.npz"]
+    code, stdout, _ = run_cli([*FAST, "--out", str(out), "--overwrite", "--seed", "1"], capsys)
+    assert code == 0 and "--overwrite: deleted the earlier run" in stdout
+    state = json.loads(str(tinyvit.checkpoint.read_npz(out / "checkpoint.npz")["trainer/state"]))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert state["config"]["seed"] == 1 and metrics == state["history"]  # one run, consistent
+
+
+def test_resume_without_a_checkpoint_but_with_a_run_is_refused(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    trainer = Trainer(tiny_config(), synthetic_cifar(), tmp_path, progress=False)
+    with pytest.raises(RunError, match=r"metrics.jsonl but no checkpoint.npz.*--overwrite"):
+        trainer.fit(resume=True)
+    with pytest.raises(RunError, match="already holds a run"):
+        trainer.fit()
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file"])
+def test_an_unusable_out_folder_is_refused_before_any_data(where, tmp_path, fake_data, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    out = blocker / "run" if where == "under a file" else blocker
+    code, _, err = run_cli([*FAST, "--out", str(out)], capsys)
+    assert code == 2 and fake_data == []
+    assert_one_error_line(err, f"cannot use {blocker} as a folder: it is a file")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_folder_that_refuses_writes_is_found_before_the_first_step(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    trainer = Trainer(tiny_config(), synthetic_cifar(), tmp_path / "run", progress=False)
+    trainer.train_step = None  # a step would fail the test with a TypeError
+    monkeypatch.setattr(tinyvit.files.tempfile, "mkstemp", refuse)
+    with pytest.raises(tinyvit.files.WriteError, match=r"cannot write in the folder .*run: Perm"):
+        trainer.fit()
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, fake_data, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    real_savez, calls = np.savez, []
+
+    def savez(f, **arrays):
+        calls.append(1)
+        if len(calls) == 1:  # the first epoch's checkpoint is written
+            return real_savez(f, **arrays)
+        f.write(b"PK\x03\x04 a part of the second")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", savez)
+    code, _, err = run_cli([*FAST, "--epochs", "2", "--out", str(out)], capsys)
+    assert code == 2
+    assert_one_error_line(
+        err, f"could not write {out / 'checkpoint.npz'}: No space left on device",
+        "the earlier checkpoint.npz is untouched",
+    )  # fmt: skip
+    monkeypatch.setattr(np, "savez", real_savez)
+    state = json.loads(str(tinyvit.checkpoint.read_npz(out / "checkpoint.npz")["trainer/state"]))
+    assert state["epoch"] == 1 and state["step"] == 4  # the end of the first epoch, intact
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.jsonl"]
+
+
+def test_leftovers_of_a_killed_write_are_removed_when_a_run_starts(tmp_path):
+    litter = [".checkpoint.npz.k1ll3d_x.tmp", ".curves-abcd1234.png", ".metrics.jsonl.tmp",
+              ".model.npz.zzzzzzzz.tmp"]  # fmt: skip
+    for name in litter:
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    (tmp_path / "notes.txt").write_text("the learner's")
+    lines = []
+    Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False,
+            log=lines.append).fit()  # fmt: skip
+    assert any("removed 4 temporary file(s) of an interrupted write" in line for line in lines)
+    assert sorted(os.listdir(tmp_path)) == [
+        "checkpoint.npz", "curves.png", "metrics.jsonl", "model.npz", "notes.txt"
+    ]  # fmt: skip
+
+
+def test_a_second_ctrl_c_during_a_save_lets_the_save_finish(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(), synthetic_cifar(), tmp_path, progress=False)
+    original, real_savez = trainer.train_step, np.savez
+
+    def interrupt(x, y):
+        result = original(x, y)
+        if trainer.step + 1 == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: stop after this step
+        return result
+
+    def impatient_savez(f, **arrays):
+        os.kill(os.getpid(), signal.SIGINT)  # two more while the checkpoint is written
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_savez(f, **arrays)
+
+    trainer.train_step = interrupt
+    monkeypatch.setattr(np, "savez", impatient_savez)
+    trainer.fit()
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert trainer._stop_requested and trainer.step == 3
+    arrays = tinyvit.checkpoint.read_npz(tmp_path / "checkpoint.npz")
+    assert json.loads(str(arrays["trainer/state"]))["step"] == 3
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]
+
+
+def test_a_second_ctrl_c_while_training_stops_at_once_in_one_line(
+    tmp_path, fake_data, capsys, monkeypatch
+):
+    original = Trainer.train_step
+
+    def twice(self, x, y):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", twice)
+    code, _, err = run_cli([*FAST, "--out", str(tmp_path)], capsys)
+    assert code == 130
+    assert_one_error_line(err, "stopped at once by Ctrl-C; nothing was saved")
+    assert os.listdir(tmp_path) == []
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path):
+    for clip, hint in ((1.0, False), (0.0, True)):
+        out = tmp_path / f"clip{clip}"
+        trainer = Trainer(tiny_config(clip_grad=clip), synthetic_cifar(), out, progress=False)
+        original = trainer.train_step
+
+        def poison(x, y, trainer=trainer, original=original):
+            if trainer.step == 2:
+                trainer.model.head.bias.data[:] = np.nan
+            return original(x, y)
+
+        trainer.train_step = poison
+        with pytest.raises(TrainingDiverged) as info:
+            trainer.fit()
+        message = str(info.value)
+        assert "nan at epoch 1, step 2" in message
+        assert "No checkpoint had been written yet" in message and "untouched" not in message
+        assert ("--clip-grad 1" in message) == hint
+        assert not (out / "checkpoint.npz").exists()
+
+
+def test_the_header_names_the_model_that_is_trained(tmp_path):
+    lines = []
+    Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False,
+            log=lines.append).fit()  # fmt: skip
+    header = next(line for line in lines if "parameters" in line)
+    assert header.startswith(
+        "vit_cifar_tiny with patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32: "
+    )
+    assert "kernels" in header or "reference" in header  # kernels.describe() stays
+
+
+def test_evaluation_shows_progress(tmp_path, capsys):
+    Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=True,
+            log=lambda line: None).fit()  # fmt: skip
+    assert "epoch 1/1: testing" in capsys.readouterr().err
+
+
+def test_help_lists_every_flag_with_its_real_default():
+    from tinyvit.train import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "None" not in text and "(default: 16 (default" not in text
+    for flag in ("--overwrite", "--resume", "--epochs", "--lr", "--heads", "--data-dir"):
+        assert flag in text
+    assert "(default: 16; recipes gpu: 200, quick: 2)" in text
+    assert "default: the model's (vit_cifar_tiny: 3, vit_lite_7_4: 4; quick recipe: 2)" in text
+    assert "--dropout X" in text and "--pool {cls,mean}" in text
+
+
+def test_a_damaged_trainer_state_is_a_checkpoint_error(tmp_path):
+    Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False).fit()
+    arrays = tinyvit.checkpoint.read_npz(tmp_path / "checkpoint.npz")
+    for bad, words in (('{"config": ', "not valid JSON"), ("{}", "incomplete or damaged")):
+        arrays["trainer/state"] = np.array(bad)
+        np.savez(tmp_path / "checkpoint.npz", **arrays)
+        again = Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False)
+        with pytest.raises(tinyvit.checkpoint.CheckpointError, match=words):
+            again.fit(resume=True)

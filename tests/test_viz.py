@@ -220,21 +220,6 @@ def test_cls_attention_lays_the_class_row_on_the_grid(xp):
     assert maps[1, 2, 3, 5] == 3 * 8 + 5  # row by row, as patchify cuts the image
 
 
-def test_upsample(xp):
-    maps = xp.asarray(np.arange(8.0, dtype=np.float32).reshape(2, 2, 2))
-    near = to_numpy(viz.upsample(maps, 8))
-    assert near.shape == (2, 8, 8) and near.dtype == np.float32
-    np.testing.assert_array_equal(near[1, :4, 4:], 5.0)  # each patch covers 4 x 4 pixels
-    smooth = to_numpy(viz.upsample(maps, 8, mode="bilinear"))
-    assert smooth.shape == (2, 8, 8) and smooth.min() >= 0 and smooth.max() <= 7
-    flat = to_numpy(viz.upsample(xp.full((3, 3), 2.0), 10, mode="bilinear"))
-    np.testing.assert_allclose(flat, 2.0)
-    with pytest.raises(ValueError, match="multiple of the grid"):
-        viz.upsample(maps, 7)
-    with pytest.raises(ValueError, match="'nearest' or 'bilinear'"):
-        viz.upsample(maps, 8, mode="cubic")
-
-
 def small_vit(**changes):
     backend.manual_seed(0)
     settings = dict(
@@ -365,3 +350,49 @@ def test_plots_write_pngs(tmp_path, rng):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["grid.png", "fusions.png", "filters.png", "positions.png", "distance.png", "figure7.png"]
     )  # no temporary files left behind
+
+
+def record(epoch, train_loss=0.9, test_loss=0.7, train_acc=0.7, test_acc=0.65):
+    return dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, train_acc=train_acc,
+                test_acc=test_acc)  # fmt: skip
+
+
+def overlaps(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 16])
+def test_training_curves_say_what_they_plot(epochs):
+    fig = viz.plt.figure(figsize=(10, 4.2), layout="constrained")
+    history = [record(e, test_acc=0.5 + 0.01 * e) for e in range(1, epochs + 1)]
+    loss_ax, acc_ax = viz.draw_training_curves(fig, history, label_smoothing=0.1)
+    fig.suptitle("title")
+    fig.canvas.draw()
+    for ax in (loss_ax, acc_ax):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs only
+        assert ax.get_xlim() == (0.5, epochs + 0.5)  # not 0.96-1.04 after one epoch
+    labels = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    assert labels == ["train: training loss (label smoothing 0.1)", "test: plain cross-entropy"]
+    best = max(history, key=lambda r: r["test_acc"])
+    assert f"best {100 * best['test_acc']:.1f}%, epoch {best['epoch']}" in " ".join(
+        t.get_text() for t in acc_ax.get_legend().get_texts()
+    )
+    assert "label-smoothed" in fig._supxlabel.get_text()
+    renderer = fig.canvas.get_renderer()
+    for ax in (loss_ax, acc_ax):  # nothing written over a title
+        title = ax.title.get_window_extent(renderer)
+        assert not overlaps(title, ax.get_legend().get_window_extent(renderer))
+        assert not overlaps(title, fig._suptitle.get_window_extent(renderer))
+        assert not ax.texts
+    viz.plt.close(fig)
+
+
+def test_training_curves_without_smoothing_and_empty():
+    fig = viz.plt.figure()
+    loss_ax, _ = viz.draw_training_curves(fig, [record(1)])
+    assert loss_ax.get_legend().get_texts()[0].get_text() == "train: training loss"
+    assert fig._supxlabel is None
+    viz.plt.close(fig)
+    with pytest.raises(ValueError, match="history is empty"):
+        viz.draw_training_curves(viz.plt.figure(), [])

@@ -2,27 +2,27 @@
 
 ``save(model, path)`` writes every parameter under its timm name, plus the
 model's configuration as JSON, into a NumPy ``.npz`` archive. The write is
-atomic: the archive is written to a temporary file beside the target and
-renamed over it only when complete, so an interrupted save never leaves a
-half-written checkpoint where a good one was. ``load(path)`` reads it back
-with ``allow_pickle=False`` (an ``.npz`` then holds nothing but arrays) and
-returns a ready model.
+atomic (``tinyvit.files.atomic_write``): the archive is written to a
+temporary file beside the target and renamed over it only when complete, so
+an interrupted save never leaves a half-written checkpoint where a good one
+was. ``load(path)`` reads it back with ``allow_pickle=False`` (an ``.npz``
+then holds nothing but arrays), checks its description, and returns a ready
+model; a file that is truncated, foreign or hand-edited into nonsense is a
+``CheckpointError`` that names it and says what is wrong.
 
 ``write_npz`` and ``read_npz`` are the two halves on their own, for callers
-with more to store (the trainer keeps its optimiser state the same way).
+with more to store (the trainer keeps its optimizer state the same way).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, files
 
 FORMAT = "tinyvit-checkpoint-1"
 META = "__tinyvit__"  # prefix of the entries that are not weights
@@ -32,34 +32,10 @@ class CheckpointError(ValueError):
     """A file that is not a (complete) tinyvit checkpoint."""
 
 
-def default_file_mode(path) -> None:
-    """Give a temporary file the permissions of a plain ``open()`` (0666 minus the umask).
-
-    ``tempfile.mkstemp`` creates files readable by their owner alone; the
-    checkpoints and figures it stages are meant to be shared like any other.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def write_npz(path, arrays: dict) -> Path:
-    """Write ``{name: array}`` to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: backend.to_numpy(v) for k, v in arrays.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        default_file_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write ``{name: array}`` to ``path`` atomically (``tinyvit.files.atomic_write``)."""
+    arrays = {k: backend.to_numpy(v) for k, v in arrays.items()}
+    return files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_npz(path) -> dict:
@@ -116,16 +92,54 @@ def save(model, path, extra=None) -> Path:
     return write_npz(path, arrays)
 
 
+META_FIELDS = {"format": str, "model": str, "config": dict, "dtype": str}
+
+
 def read_meta(arrays: dict, path="checkpoint") -> dict:
+    """The checkpoint's description (format, model kind, configuration, dtype), checked.
+
+    Every way a hand-edited or foreign file can be wrong (not JSON, a missing
+    entry, an entry of the wrong type, an unknown format or dtype) is a
+    ``CheckpointError`` naming the file and what is wrong.
+    """
     key = f"{META}/meta"
     if key not in arrays:
         raise CheckpointError(
             f"{path} is an .npz archive but not a tinyvit checkpoint (no {key} entry); "
             "official Google ViT weights load with tinyvit.interop.load_official()"
         )
-    meta = json.loads(str(arrays[key]))
+    try:
+        meta = json.loads(str(arrays[key]))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"{path}: its {key} entry is not valid JSON ({error.msg} at character "
+            f"{error.pos}); the file was edited or damaged"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path}: its {key} entry must be a JSON object, not {type(meta).__name__}"
+        )
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT!r})"
+        )
+    for name, kind in META_FIELDS.items():
+        if name not in meta:
+            raise CheckpointError(f"{path}: its {key} entry has no {name!r}")
+        if not isinstance(meta[name], kind):
+            raise CheckpointError(
+                f"{path}: {name!r} in its {key} entry must be a JSON "
+                f"{'object' if kind is dict else 'string'}, not {meta[name]!r}"
+            )
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind != "f":
+        raise CheckpointError(
+            f"{path}: 'dtype' in its {key} entry must name a floating-point type "
+            f"such as 'float32', not {meta['dtype']!r}"
+        )
     return meta
 
 
@@ -136,8 +150,16 @@ def load(path, device="cpu"):
     arrays = read_npz(path)
     meta = read_meta(arrays, path)
     if meta["model"] != "ViT":
-        raise CheckpointError(f"{path}: unknown model kind {meta['model']!r}")
-    model = ViT(**meta["config"]).to(dtype=np.dtype(meta["dtype"]))
+        raise CheckpointError(f"{path}: unknown model kind {meta['model']!r} (expected 'ViT')")
+    try:
+        model = ViT(**meta["config"]).to(dtype=np.dtype(meta["dtype"]))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its configuration does not build a ViT: {error}") from None
     weights = {k: v for k, v in arrays.items() if k in dict(model.named_parameters())}
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except ValueError as error:
+        raise CheckpointError(
+            f"{path}: the weights do not fit its configuration: {error}"
+        ) from None
     return model.to(device)

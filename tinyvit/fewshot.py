@@ -38,7 +38,7 @@ import numpy as np
 
 from . import backend, data
 from .backend import xp_of
-from .finetune import upsample
+from .resample import interpolate
 from .tensor import no_grad
 
 
@@ -211,7 +211,7 @@ def features(model, images, *, pool="cls", batch_size=500, device="cpu"):
     (``y`` of Eq. 4, what ``forward_head(..., pre_logits=True)`` gives, with
     a ``pre_logits`` layer if the model has one); ``pool="mean"`` averages
     the patch tokens after the final LayerNorm instead. Images are
-    normalised as for training and upsampled to the model's resolution.
+    normalised as for training and resized to the model's resolution.
     Runs in evaluation mode, without a graph.
     """
     if pool not in ("cls", "mean"):
@@ -230,7 +230,7 @@ def features(model, images, *, pool="cls", batch_size=500, device="cpu"):
             images, labels, batch_size, shuffle=False, augment="none", drop_last=False,
             device=device, dtype=model.pos_embed.dtype,
         ):  # fmt: skip
-            tokens = model.forward_features(upsample(x, model.image_size))  # (B, N+1, D)
+            tokens = model.forward_features(interpolate(x, model.image_size))  # (B, N+1, D)
             if pool == "cls":
                 y = model.forward_head(tokens, pre_logits=True)  # (B, D)
             else:

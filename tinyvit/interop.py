@@ -9,8 +9,8 @@
   resolution "we keep the patch size the same", so the sequence grows and
   "we perform 2D interpolation of the pre-trained position embeddings,
   according to their location in the original image". ``adapt`` does both,
-  on a configuration and its weights; ``resample_pos_embed`` is the 2-D
-  interpolation, written here as two small matrix products.
+  on a configuration and its weights; the 2-D interpolation itself is
+  ``tinyvit.resample.resample_pos_embed``, two small matrix products.
 
 timm's own ``VisionTransformer`` needs no mapping: its ``state_dict()`` has
 exactly tinyvit's names and shapes.
@@ -24,68 +24,8 @@ import re
 import numpy as np
 
 from .checkpoint import read_npz
+from .resample import resample_pos_embed
 from .vit import ViT
-
-# ---------------------------------------------------------------------------
-# 2-D resampling of the position embeddings
-# ---------------------------------------------------------------------------
-
-
-def _cubic(t, a=-0.75):
-    """Keys' cubic convolution kernel (a = -0.75, as PyTorch's bicubic uses)."""
-    t = np.abs(t)
-    near = ((a + 2) * t - (a + 3)) * t * t + 1  # |t| <= 1
-    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a  # 1 < |t| < 2
-    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
-
-
-def interpolation_matrix(n_in, n_out, method="bicubic"):
-    """The ``(n_out, n_in)`` matrix that resamples a length-``n_in`` signal to ``n_out``.
-
-    Sample ``i`` of the output sits at ``(i + 0.5) * n_in / n_out - 0.5`` in
-    input coordinates (pixel centres aligned, PyTorch's
-    ``align_corners=False``); its value mixes the input samples around it,
-    two for ``"bilinear"``, four for ``"bicubic"``, with indices past the
-    border clamped to the edge.
-    """
-    if method not in ("bilinear", "bicubic"):
-        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', not {method!r}")
-    matrix = np.zeros((n_out, n_in))
-    source = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    if method == "bilinear":
-        source = np.maximum(source, 0.0)
-        taps = (0, 1)
-    else:
-        taps = (-1, 0, 1, 2)
-    left = np.floor(source).astype(int)
-    frac = source - left
-    for tap in taps:
-        index = np.clip(left + tap, 0, n_in - 1)
-        weight = 1.0 - np.abs(frac - tap) if method == "bilinear" else _cubic(frac - tap)
-        np.add.at(matrix, (np.arange(n_out), index), weight)
-    return matrix
-
-
-def resample_pos_embed(pos_embed, new_grid, interpolation="bicubic", num_prefix_tokens=1):
-    """Resample ``(1, prefix + g*g, D)`` position embeddings to a ``new_grid`` of patches.
-
-    The class token's row is kept as it is; the ``g x g`` grid of patch
-    embeddings is interpolated to ``new_grid`` (an int or ``(rows, cols)``):
-    ``new = R_rows @ grid @ R_cols^T`` channel by channel.
-    """
-    pos_embed = np.asarray(pos_embed)
-    rows, cols = (new_grid, new_grid) if isinstance(new_grid, int) else new_grid
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
-    old = math.isqrt(grid.shape[0])
-    if old * old != grid.shape[0]:
-        raise ValueError(f"position embeddings of {grid.shape[0]} patches are not a square grid")
-    grid = grid.reshape(old, old, -1)  # (g, g, D)
-    r_rows = interpolation_matrix(old, rows, interpolation)  # (rows, g)
-    r_cols = interpolation_matrix(old, cols, interpolation)  # (cols, g)
-    new = np.einsum("ij,jkd,lk->ild", r_rows, grid, r_cols)  # (rows, cols, D)
-    new = new.reshape(1, rows * cols, -1).astype(pos_embed.dtype)
-    return np.concatenate([prefix, new], axis=1)  # (1, prefix + rows*cols, D)
-
 
 # ---------------------------------------------------------------------------
 # the fine-tuning recipe

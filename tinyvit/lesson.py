@@ -1,11 +1,23 @@
-"""The command line every lesson shares: ``--out``, ``--quick``, ``--device``."""
+"""The command line every lesson shares: ``--out``, ``--quick``, ``--device``, ``--data-dir``.
+
+Every lesson takes the same flags, so a learner can run any of them the same
+way; lessons 7-9, which look inside a trained model, add ``--checkpoint``.
+A mistake on the command line (a flag out of range, a checkpoint that is not
+there, a folder that cannot be written, data that cannot be found) is one
+``error: ...`` line and exit status 2, before the lesson starts its work.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import backend
+from . import backend, files
+from .cli import ArgumentParser, fail
+
+# Lesson 6 writes its trained model here (the trainer's ``model.npz``); lessons
+# 7-9 start from it.
+LESSON6_MODEL = Path("runs") / "lessons" / "06_train_cifar10" / "model.npz"
 
 
 def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argparse.Namespace:
@@ -13,9 +25,11 @@ def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argp
 
     ``--out DIR`` (default ``runs/lessons/<name>``) receives the figures;
     ``--quick`` makes the lesson run in seconds (the tests use it);
-    ``--device cuda`` runs it on the GPU. ``extra(parser)`` may add flags.
+    ``--device cuda`` runs it on the GPU; ``--data-dir`` says where CIFAR-10
+    is, for the lessons that read it. ``extra(parser)`` may add flags
+    (``checkpoint_flags``).
     """
-    parser = argparse.ArgumentParser(prog=f"lessons/{name}.py", description=description)
+    parser = ArgumentParser(prog=f"lessons/{name}.py", description=description)
     parser.add_argument(
         "--out",
         type=Path,
@@ -24,65 +38,94 @@ def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argp
     )
     parser.add_argument("--quick", action="store_true", help="a small, fast run (for tests)")
     parser.add_argument("--device", default="cpu", choices=backend.DEVICES)
+    parser.add_argument(
+        "--data-dir",
+        help="CIFAR-10 folder, for lessons 6-10 (default: $TINYVIT_DATA or ~/.cache/tinyvit)",
+    )
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
-    backend.check_device_name(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        backend.check_device_name(args.device)
+        files.check_writable(args.out)
+    except (backend.DeviceError, files.WriteError) as error:
+        fail(str(error))
     print(f"{name}: figures go to {args.out}/")
     return args
 
 
-# Lesson 6 writes its trained model here (the trainer's ``model.npz``); lessons
-# 7-9 start from it.
-LESSON6_MODEL = Path("runs") / "lessons" / "06_train_cifar10" / "model.npz"
-
-
-def data_dir_flag(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir``: where CIFAR-10 is (else $TINYVIT_DATA, else the user's cache)."""
-    parser.add_argument(
-        "--data-dir", help="CIFAR-10 folder (default: $TINYVIT_DATA or ~/.cache/tinyvit)"
-    )
+def existing_file(text: str) -> Path:
+    """An argparse ``type=`` for a file that must be there."""
+    path = Path(text)
+    if not path.is_file():
+        why = "it is a folder" if path.is_dir() else "no such file"
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {why}")
+    return path
 
 
 def checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir`` and ``--checkpoint`` (default: the model lesson 6 trained)."""
-    data_dir_flag(parser)
+    """``--checkpoint``: the model to look into (default: the one lesson 6 trained).
+
+    A checkpoint named on the command line must exist; only when none is
+    named and lesson 6's is missing does the lesson train a short run itself.
+    """
     parser.add_argument(
         "--checkpoint",
-        type=Path,
-        default=LESSON6_MODEL,
-        help="a tinyvit model to look into (default: lesson 6's, %(default)s)",
+        type=existing_file,
+        default=None,
+        help=f"a tinyvit model to look into (default: lesson 6's, {LESSON6_MODEL}; "
+        "without it the lesson trains a short run first)",
     )
 
 
+def load_data(args):
+    """CIFAR-10 from ``--data-dir`` (downloaded when missing, as ``data.load_cifar10`` does);
+    one error line if it cannot be had."""
+    from . import data
+
+    try:
+        return data.load_cifar10(args.data_dir)
+    except data.DataError as error:
+        fail(str(error))
+
+
 def trained_model(args, dataset, short_epochs: int = 3):
-    """The model of ``args.checkpoint``, or, when there is none, one trained now.
+    """The model of ``--checkpoint`` (default: lesson 6's), or, when there is none, one
+    trained now.
 
     Lessons 7-9 look inside the model lesson 6 trained. Without its
     checkpoint they say so and train a short run of the same recipe
     (``short_epochs`` epochs; the "quick" recipe under ``--quick``) into
-    ``args.out / "short_run"``: a weaker model, but a real one. Nothing is
-    ever downloaded.
+    ``args.out / "short_run"`` (``"quick_run"``): a weaker model, but a real
+    one. A short run already there is resumed (or, finished, reused), so
+    running the lesson again costs nothing.
     """
     from . import checkpoint
-    from .train import RECIPES, TrainConfig, Trainer
+    from .train import RECIPES, RunError, TrainConfig, Trainer
 
-    path = Path(args.checkpoint)
+    path = args.checkpoint if args.checkpoint is not None else LESSON6_MODEL
     if path.is_file():
         print(f"starting from {path}")
-        return checkpoint.load(path, device=args.device)
+        try:
+            return checkpoint.load(path, device=args.device)
+        except checkpoint.CheckpointError as error:
+            fail(str(error))
     if args.quick:
-        settings = RECIPES["quick"]
+        settings, folder = RECIPES["quick"], "quick_run"
         what = "the quick recipe (seconds)"
     else:
-        settings = {**RECIPES["cpu"], "epochs": short_epochs}
+        settings, folder = {**RECIPES["cpu"], "epochs": short_epochs}, "short_run"
         what = f"{short_epochs} epochs of lesson 6's recipe"
     print(
         f"no checkpoint at {path} (run lessons/06_train_cifar10.py for the real one): "
         f"training {what} now"
     )
     config = TrainConfig(**{**TrainConfig().__dict__, **settings, "device": args.device})
-    trainer = Trainer(config, dataset, Path(args.out) / "short_run")
-    trainer.fit()
+    try:
+        trainer = Trainer(config, dataset, Path(args.out) / folder)
+        trainer.fit(resume=True)
+    except (RunError, checkpoint.CheckpointError, files.WriteError) as error:
+        fail(str(error))
+    if trainer.epoch < config.epochs:
+        fail("stopped by Ctrl-C before the short run ended; run the lesson again to go on", 130)
     return trainer.model.eval()

@@ -1,4 +1,4 @@
-"""Pre-training and fine-tuning: masked patch prediction (Section 4.6) and Section 3.2's recipe.
+"""Masked patch prediction (Section 4.6): pre-training a ViT without labels.
 
 **Masked patch prediction** (Section 4.6, "Self-supervision", and Appendix
 B.1.2) is the paper's BERT-like pre-training without labels. Of an image's
@@ -20,8 +20,9 @@ pre-trained so on JFT for 1M steps: 2% better than training from scratch,
   corruption between the patch embedding and the addition of the class token
   and position embeddings. With no corruption its ``encode`` is exactly the
   ViT's ``forward_features``.
-* ``pretrain`` is the loop: batches of unlabelled images, AdamW, warm-up and
-  cosine decay, gradient clipping.
+* ``pretrain`` is the loop: batches of unlabelled images, and the step every
+  loop in tinyvit takes (``tinyvit.loop.train_step``: AdamW, warm-up and
+  cosine decay, gradient clipping, a finiteness check).
 
 Fine-tuning the pre-trained model on labels is ``tinyvit.finetune``.
 """
@@ -34,10 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, data
+from . import backend, checks, data
 from . import functional as F
 from .backend import xp_of
-from .finetune import adamw_with_schedule, check_finite, take_step, uint8_images
+from .loop import adamw_with_schedule, train_step, uint8_images
 from .nn import Linear, Module, Parameter, trunc_normal
 from .tensor import Tensor
 from .vit import ViT
@@ -346,10 +347,13 @@ def pretrain(
     records, one per step; the model is trained in place.
     """
     images = uint8_images(images)
+    checks.POSITIVE_INT.check("pretrain: steps", steps)
+    checks.POSITIVE_INT.check("pretrain: batch_size", batch_size)
+    checks.POSITIVE.check("pretrain: lr", lr)
     if batch_size > len(images):
         raise ValueError(f"batch_size {batch_size} is larger than the {len(images)} images")
     warmup = steps // 10 if warmup_steps is None else warmup_steps
-    optimiser, schedule = adamw_with_schedule(model, lr, weight_decay, steps, warmup)
+    optimizer, schedule = adamw_with_schedule(model, lr, weight_decay, steps, warmup)
     model.train()
     history, started = [], time.perf_counter()
     per_epoch, order = len(images) // batch_size, None
@@ -361,11 +365,15 @@ def pretrain(
         raw = backend.to_device(images[order[i * batch_size : (i + 1) * batch_size]], device)
         if flip:
             raw = data.horizontal_flip(raw, rng)  # (B, 3, H, W) uint8
-        optimiser.set_lr(schedule(step))
-        loss = model.loss(raw, model.corrupt(len(raw), rng))
-        value = loss.item()
-        check_finite(value, "pretrain", step)
-        take_step(model, optimiser, loss, clip)
+        corruption = model.corrupt(len(raw), rng)
+
+        def forward(raw=raw, corruption=corruption):
+            return model.loss(raw, corruption), None
+
+        value, _ = train_step(
+            model, optimizer, forward, step=step, lr=schedule(step), clip=clip, seed=seed,
+            run="pretrain",
+        )  # fmt: skip
         history.append(dict(step=step + 1, loss=value, seconds=time.perf_counter() - started))
         if log and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             recent = [r["loss"] for r in history[-log_every:]]

@@ -1,32 +1,46 @@
-"""Training a Vision Transformer on CIFAR-10: the loop, its checkpoints, its command line.
+"""Training a Vision Transformer on CIFAR-10: the run, its checkpoints, its command line.
 
     python -m tinyvit.train                        # the default CPU run
     python -m tinyvit.train --recipe gpu --device cuda
     python -m tinyvit.train --resume --out runs/cifar10
 
-One step is the whole of the paper's training in miniature: a batch of
-augmented images, the ViT's logits, the cross-entropy with label smoothing,
-``backward()``, global gradient-norm clipping and an AdamW update with the
-learning rate of a linear warm-up followed by a cosine decay.
+One step is the whole of the paper's training in miniature (Section 4.1,
+Appendix B.1): a batch of augmented images, the ViT's logits, the
+cross-entropy with label smoothing, ``backward()``, global gradient-norm
+clipping and an AdamW update with the learning rate of a linear warm-up
+followed by a cosine decay. The step itself is ``tinyvit.loop.train_step``,
+the one that fine-tuning and masked patch prediction take too; this module
+adds what a long run needs around it.
 
 Everything random is a function of the seed and of where the run is (epoch,
 batch, step): the order of the examples, each batch's augmentation, each
-step's dropout masks. So a checkpoint needs only the weights, the optimiser's
+step's dropout masks. So a checkpoint needs only the weights, the optimizer's
 moments and that position to continue exactly where it stopped: an
 interrupted and resumed run ends with the same weights as one that never
-stopped. A checkpoint is written atomically after every epoch, and on Ctrl-C
-(at the end of the current step, so a step is never half applied). A loss
-that becomes NaN or infinite stops the run with a message and leaves the
-last good checkpoint alone.
+stopped.
+
+A run never loses a learner's work:
+
+* its folder is checked before the first step (it can be created, a file can
+  be written in it), and a folder that already holds a run is resumed
+  (``--resume``) or replaced only when asked (``--overwrite``), never
+  silently;
+* every file is written atomically (``tinyvit.files``), the checkpoint after
+  every epoch and on Ctrl-C (at the end of the current step, so a step is
+  never half applied; a second Ctrl-C during a save lets the save finish);
+  temporary files of a write that was killed are removed when the next run
+  starts;
+* a loss that becomes NaN or infinite stops the run with a message and
+  leaves the last good checkpoint alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import inspect
 import json
-import math
-import os
 import signal
 import sys
 import threading
@@ -37,18 +51,30 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import backend, checkpoint, data, kernels
+from . import backend, checkpoint, checks, data, files, kernels
 from . import functional as F
-from .optim import SGD, AdamW, WarmupCosine, clip_grad_norm
-from .tensor import no_grad
-from .vit import ViT
+from .checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT
+from .cli import ArgumentParser, choice_type, flag_type
+from .loop import TrainingDiverged, evaluate, step_seed, train_step
+from .optim import SGD, AdamW, WarmupCosine
+from .vit import ALIASES, CONFIGS, ViT, check_config
 from .vit import config as vit_config
 
 # ---------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------
 
-MODEL_OVERRIDES = ("patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "dropout")
+# The model's settings that a run may override, and what each may be.
+MODEL_OVERRIDES = {
+    "patch_size": POSITIVE_INT,
+    "dim": POSITIVE_INT,
+    "depth": POSITIVE_INT,
+    "heads": POSITIVE_INT,
+    "mlp_dim": POSITIVE_INT,
+    "pool": ("cls", "mean"),
+    "gelu": ("none", "tanh"),
+    "dropout": FRACTION,
+}
 
 
 @dataclass
@@ -75,6 +101,88 @@ class TrainConfig:
     eval_batch_size: int = 500
     device: str = "cpu"
     seed: int = 0
+
+    def model_config(self, num_classes=None) -> dict:
+        """The ``ViT`` arguments of this run's model (``num_classes``: the data set's)."""
+        overrides = dict(self.model_overrides)
+        if num_classes is not None:
+            overrides["num_classes"] = num_classes
+        return vit_config(self.model, **overrides)
+
+    def describe_model(self) -> str:
+        """The model's name and what the run changed: ``vit_cifar_tiny with dim=128, depth=4``."""
+        if not self.model_overrides:
+            return self.model
+        changes = ", ".join(f"{k}={v}" for k, v in self.model_overrides.items())
+        return f"{self.model} with {changes}"
+
+    def check(self) -> TrainConfig:
+        """Every setting in its range, and settings that make sense together; else a
+        ``RunError`` naming the setting, what it must be and what it is. Returns self."""
+        try:
+            for name, kind in SETTINGS.items():
+                value = getattr(self, name)
+                if value is None and name in ("train_limit", "test_limit"):
+                    continue  # None: all of them
+                if isinstance(kind, checks.Range):
+                    kind.check(name, value)
+                else:
+                    checks.one_of(name, value, kind)
+            if not isinstance(self.model_overrides, dict):
+                raise TypeError(f"model_overrides must be a dict, got {self.model_overrides!r}")
+            for name, value in self.model_overrides.items():
+                kind = MODEL_OVERRIDES.get(name)
+                if kind is None:
+                    raise ValueError(
+                        f"model_overrides: {name!r} cannot be overridden by a run; "
+                        f"these can: {', '.join(MODEL_OVERRIDES)}"
+                    )
+                if isinstance(kind, checks.Range):
+                    kind.check(name, value)
+                else:
+                    checks.one_of(name, value, kind)
+            if self.model not in CONFIGS and self.model not in ALIASES:
+                known = ", ".join(sorted(CONFIGS) + sorted(ALIASES))
+                raise ValueError(f"unknown model {self.model!r}; known: {known}")
+            check_config(**self.model_config())
+        except (TypeError, ValueError) as error:
+            raise RunError(str(error)) from None
+        if self.min_lr > self.lr:
+            raise RunError(
+                f"min_lr {self.min_lr:g} is above lr {self.lr:g}: the cosine decay would climb; "
+                "lower --min-lr or raise --lr"
+            )
+        if self.warmup_epochs > self.epochs:
+            raise RunError(
+                f"the warm-up ({self.warmup_epochs:g} epochs, --warmup-epochs) is longer than "
+                f"the run ({self.epochs} epochs, --epochs)"
+            )
+        if self.device == "cuda":
+            backend.check_device_name("cuda")  # DeviceError when there is no GPU
+        return self
+
+
+# The range or the choices of every setting but the model.
+SETTINGS = {
+    "epochs": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "optimizer": ("adamw", "sgd"),
+    "lr": POSITIVE,
+    "min_lr": NONNEGATIVE,
+    "weight_decay": NONNEGATIVE,
+    "momentum": FRACTION,
+    "warmup_epochs": NONNEGATIVE,
+    "label_smoothing": FRACTION,
+    "clip_grad": NONNEGATIVE,
+    "augment": data.AUGMENTS,
+    "mixup": NONNEGATIVE,
+    "cutmix": NONNEGATIVE,
+    "train_limit": POSITIVE_INT,
+    "test_limit": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
+    "device": backend.DEVICES,
+    "seed": NONNEGATIVE_INT,
+}
 
 
 RECIPES = {
@@ -112,17 +220,44 @@ RECIPES = {
 }
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
 class RunError(ValueError):
-    """Settings that cannot make a run (or cannot continue the one in a checkpoint)."""
+    """Settings that cannot make a run, or a folder that cannot take it."""
 
 
-def step_seed(seed, step) -> int:
-    """The seed of one step's dropout masks: a function of the run's seed and the step."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+# ---------------------------------------------------------------------------
+# the run's folder
+# ---------------------------------------------------------------------------
+
+CHECKPOINT, MODEL, METRICS, CURVES = "checkpoint.npz", "model.npz", "metrics.jsonl", "curves.png"
+RUN_FILES = (CHECKPOINT, MODEL, METRICS, CURVES)
+
+
+def check_run_folder(out, resume=False, overwrite=False) -> list[str]:
+    """Check that ``out`` can take this run, before anything is read or trained.
+
+    The folder is created if needed and a file is written in it and removed
+    (``files.check_writable``). A folder that holds a run (any of
+    ``RUN_FILES``) is resumed (``resume``), replaced (``overwrite``), or
+    refused with a ``RunError`` that names both ways on. Returns the run
+    files that are there; nothing is changed but the folder's creation.
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise RunError("resume and overwrite exclude each other: continue the run, or replace it")
+    files.check_writable(out)
+    present = [name for name in RUN_FILES if (out / name).is_file()]
+    if resume and present and CHECKPOINT not in present:
+        raise RunError(
+            f"{out} holds {', '.join(present)} but no {CHECKPOINT} to resume from; "
+            "start again there with --overwrite, or in a new --out folder"
+        )
+    if present and not resume and not overwrite:
+        raise RunError(
+            f"{out} already holds a run ({', '.join(present)}); continue it with --resume, "
+            "or start a new one with another --out folder or with --overwrite (which "
+            "deletes it)"
+        )
+    return present
 
 
 # ---------------------------------------------------------------------------
@@ -130,45 +265,19 @@ def step_seed(seed, step) -> int:
 # ---------------------------------------------------------------------------
 
 
-def evaluate(model, images, labels, batch_size=500, device="cpu"):
-    """Mean cross-entropy and accuracy of ``model`` on a labelled set, without a graph."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    with no_grad():
-        for x, y in data.batches(
-            images,
-            labels,
-            batch_size,
-            seed=0,
-            epoch=0,
-            shuffle=False,
-            augment="none",
-            device=device,
-            drop_last=False,
-        ):
-            logits = model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += int((logits.data.argmax(axis=1) == y).sum())
-    model.train(was_training)
-    return loss_sum / len(labels), correct / len(labels)
-
-
 class Trainer:
-    """One training run: a model, its optimiser and schedule, the data and the output folder.
+    """One training run: a model, its optimizer and schedule, the data and the output folder.
 
     ``Trainer(config, dataset, out)`` where ``dataset`` is a ``data.CIFAR10``
     (or anything with ``x_train, y_train, x_test, y_test, classes``). Files
     in ``out``: ``checkpoint.npz`` (the latest), ``model.npz`` (the final
     weights, loadable with ``tinyvit.load``), ``metrics.jsonl`` (one line
-    per epoch) and ``curves.png``.
+    per epoch) and ``curves.png``. ``fit(resume=..., overwrite=...)`` runs it.
     """
 
     def __init__(self, config: TrainConfig, dataset, out, progress=True, log=print):
-        self.config, self.out, self.progress, self.log = config, Path(out), progress, log
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.config, self.out, self.progress, self.log = config.check(), Path(out), progress, log
         c = config
-        backend.check_device_name(c.device)
         if c.device == "cpu":
             kernels.cpu_runtime.keep_freed_memory()  # reuse freed activations, no refaulting
         self.x_train, self.y_train = (
@@ -186,11 +295,11 @@ class Trainer:
         self.total_steps = c.epochs * self.steps_per_epoch
 
         backend.manual_seed(c.seed)  # the initial weights
-        self.model = ViT(**vit_config(c.model, num_classes=self.num_classes, **c.model_overrides))
+        self.model = ViT(**c.model_config(num_classes=self.num_classes))
         self.model.to(c.device)
         if c.optimizer == "adamw":
             self.optimizer = AdamW(self.model, lr=c.lr, weight_decay=c.weight_decay)
-        elif c.optimizer == "sgd":
+        else:
             self.optimizer = SGD(
                 self.model.parameters(),
                 c.lr,
@@ -198,8 +307,6 @@ class Trainer:
                 nesterov=True,
                 weight_decay=c.weight_decay,
             )
-        else:
-            raise RunError(f"optimizer must be 'adamw' or 'sgd', not {c.optimizer!r}")
         warmup = min(self.total_steps, round(c.warmup_epochs * self.steps_per_epoch))
         self.schedule = WarmupCosine(c.lr, self.total_steps, warmup, c.min_lr)
 
@@ -208,13 +315,25 @@ class Trainer:
         self.sums = dict(loss=0.0, correct=0.0, seen=0, seconds=0.0)
         self.history = []
         self.elapsed = 0.0  # seconds of training and evaluation before this process
+        self.saved = None  # (epoch, batch, step) of the last checkpoint on disk, if any
         self._stop_requested = False
+        self._saving = False
+        self._started = time.perf_counter()
 
     # -- checkpoints ---------------------------------------------------------
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.npz"
+        return self.out / CHECKPOINT
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """While files are written, a second Ctrl-C lets the write finish."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     def save_checkpoint(self):
         state = dict(
@@ -228,7 +347,9 @@ class Trainer:
         )
         extra = {f"optim/{k}": v for k, v in self.optimizer.state_dict().items()}
         extra["trainer/state"] = np.array(json.dumps(state))
-        checkpoint.save(self.model, self.checkpoint_path, extra=extra)
+        with self._writing():
+            checkpoint.save(self.model, self.checkpoint_path, extra=extra)
+        self.saved = (self.epoch, self.batch, self.step)
 
     def load_checkpoint(self, path=None):
         path = Path(path or self.checkpoint_path)
@@ -237,8 +358,20 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"{path} has no trainer state: not a training checkpoint"
             )
-        state = json.loads(str(arrays["trainer/state"]))
-        saved = state["config"]
+        try:
+            state = json.loads(str(arrays["trainer/state"]))
+            saved = state["config"]
+            position = {k: state[k] for k in ("epoch", "batch", "step", "sums", "history")}
+            elapsed = float(state["elapsed"])
+        except json.JSONDecodeError as error:
+            raise checkpoint.CheckpointError(
+                f"{path}: its trainer state is not valid JSON ({error.msg})"
+            ) from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(
+                f"{path}: its trainer state is incomplete or damaged ({type(error).__name__}: "
+                f"{error})"
+            ) from None
         ours = dataclasses.asdict(self.config)
         differ = {
             k: (saved.get(k), v) for k, v in ours.items() if k != "device" and saved.get(k) != v
@@ -246,16 +379,25 @@ class Trainer:
         if differ:
             detail = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise RunError(f"cannot resume {path}: the run's settings differ ({detail})")
-        self.model.load_state_dict({k: v for k, v in arrays.items() if "/" not in k})
-        self.optimizer.load_state_dict(
-            {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
-        )
-        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
-        self.sums, self.history, self.elapsed = state["sums"], state["history"], state["elapsed"]
+        try:
+            self.model.load_state_dict({k: v for k, v in arrays.items() if "/" not in k})
+            self.optimizer.load_state_dict(
+                {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
+            )
+        except (KeyError, ValueError) as error:
+            raise checkpoint.CheckpointError(f"{path}: {error}") from None
+        self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
+        self.sums, self.history, self.elapsed = position["sums"], position["history"], elapsed
+        self.saved = (self.epoch, self.batch, self.step)
 
     # -- the loop ------------------------------------------------------------
 
     def _on_interrupt(self, signum, frame):
+        if self._saving:  # never break a write: let it finish, then stop
+            if self._stop_requested:
+                self.log("\nCtrl-C: still writing; stopping as soon as the files are safe")
+            self._stop_requested = True
+            return
         if self._stop_requested:  # a second Ctrl-C: stop now, without saving
             raise KeyboardInterrupt
         self._stop_requested = True
@@ -265,28 +407,21 @@ class Trainer:
         )
 
     def train_step(self, x, y):
-        """One optimisation step; returns the batch's mean loss and number correct."""
+        """One optimization step (``loop.train_step``); returns the batch's mean loss and
+        number correct."""
         c = self.config
-        lr = self.schedule(self.step)
-        self.optimizer.set_lr(lr)
-        backend.manual_seed(step_seed(c.seed, self.step))  # this step's dropout masks
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the loss became {value} at epoch {self.epoch + 1}, step {self.step} "
-                f"(learning rate {lr:.3g}). The last good checkpoint, {self.checkpoint_path}, "
-                "is untouched. Try a lower --lr, a longer --warmup-epochs or --clip-grad 1."
-            )
-        self.optimizer.zero_grad()
-        loss.backward()
-        if c.clip_grad:
-            clip_grad_norm(self.model.parameters(), c.clip_grad)
-        self.optimizer.step()
+
+        def forward():
+            logits = self.model(x)  # (B, classes)
+            return F.cross_entropy(logits, y, label_smoothing=c.label_smoothing), logits
+
+        loss, logits = train_step(
+            self.model, self.optimizer, forward, step=self.step, lr=self.schedule(self.step),
+            clip=c.clip_grad, seed=c.seed,
+        )  # fmt: skip
         labels = y if y.ndim == 1 else y.argmax(axis=1)  # mixup/cutmix: the main class
         correct = int((logits.data.argmax(axis=1) == labels).sum())
-        return value, correct
+        return loss, correct
 
     def train_epoch(self):
         c = self.config
@@ -341,8 +476,9 @@ class Trainer:
         c = self.config
         tick = time.perf_counter()
         test_loss, test_acc = evaluate(
-            self.model, self.x_test, self.y_test, c.eval_batch_size, c.device
-        )
+            self.model, self.x_test, self.y_test, batch_size=c.eval_batch_size,
+            progress=self.progress, desc=f"epoch {self.epoch + 1}/{c.epochs}: testing",
+        )  # fmt: skip
         s = self.sums
         record = dict(
             epoch=self.epoch + 1,
@@ -369,19 +505,61 @@ class Trainer:
         self.write_metrics()
 
     def write_metrics(self):
-        lines = "".join(json.dumps(r) + "\n" for r in self.history)
-        tmp = self.out / ".metrics.jsonl.tmp"
-        tmp.write_text(lines)
-        os.replace(tmp, self.out / "metrics.jsonl")
+        """``metrics.jsonl`` and ``curves.png`` from the history, each written atomically."""
         from .viz import plot_training_curves
 
-        plot_training_curves(
-            self.history, self.out / "curves.png", title=f"{self.config.model} on CIFAR-10"
+        with self._writing():
+            lines = "".join(json.dumps(record) + "\n" for record in self.history)
+            files.write_text(self.out / METRICS, lines)
+            plot_training_curves(
+                self.history,
+                self.out / CURVES,
+                title=f"{self.config.describe_model()} on CIFAR-10",
+                label_smoothing=self.config.label_smoothing,
+            )
+
+    def _divergence_advice(self) -> str:
+        c = self.config
+        if self.saved is not None:
+            kept = (
+                f"The last good checkpoint, {self.checkpoint_path} (step {self.saved[2]}), "
+                "is untouched."
+            )
+        else:
+            kept = "No checkpoint had been written yet (the first comes at the end of epoch 1)."
+        tries = [
+            f"a lower --lr (it is {c.lr:g})",
+            f"a longer --warmup-epochs (it is {c.warmup_epochs:g})",
+        ]
+        if not c.clip_grad:
+            tries.append("--clip-grad 1")
+        return (
+            f"{kept} Try {', '.join(tries[:-1])} or {tries[-1]}, in a new --out folder or "
+            "with --overwrite (a resumed run would take the same steps again)."
         )
 
-    def fit(self, resume=False):
-        """Train to the end (or until Ctrl-C); returns the history of epoch records."""
+    def prepare(self, resume=False, overwrite=False) -> None:
+        """Make the folder ready: checked (``check_run_folder``), a replaced run's files
+        deleted, leftovers of killed writes removed."""
+        present = check_run_folder(self.out, resume=resume, overwrite=overwrite)
+        if overwrite and present:
+            for name in present:
+                (self.out / name).unlink()
+            self.log(f"--overwrite: deleted the earlier run in {self.out} ({', '.join(present)})")
+        removed = files.remove_leftovers(self.out, RUN_FILES)
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            self.log(f"removed {len(removed)} temporary file(s) of an interrupted write: {names}")
+
+    def fit(self, resume=False, overwrite=False):
+        """Train to the end (or until Ctrl-C); returns the history of epoch records.
+
+        A folder that already holds a run is continued with ``resume=True``
+        or replaced with ``overwrite=True``; otherwise it is refused
+        (``RunError``).
+        """
         self._started = time.perf_counter()
+        self.prepare(resume=resume, overwrite=overwrite)
         if resume:
             if self.checkpoint_path.exists():
                 self.load_checkpoint()
@@ -393,33 +571,39 @@ class Trainer:
                 self.log(f"nothing to resume in {self.out}: starting afresh")
         c = self.config
         self.log(
-            f"{c.model}: {self.model.num_parameters():,} parameters, {len(self.y_train):,} "
-            f"training images, {self.steps_per_epoch} steps per epoch, {c.epochs} epochs, "
-            f"on {c.device}; {kernels.describe(c.device)}"
+            f"{c.describe_model()}: {self.model.num_parameters():,} parameters, "
+            f"{len(self.y_train):,} training images, {self.steps_per_epoch} steps per epoch, "
+            f"{c.epochs} epochs, on {c.device}; {kernels.describe(c.device)}"
         )
         # Ctrl-C asks for a clean stop (signals reach only the main thread)
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_interrupt) if in_main else None
         try:
             while self.epoch < c.epochs:
-                if not self.train_epoch():
+                if self.train_epoch():
+                    self.end_epoch()
+                else:
                     self.save_checkpoint()
+                if self._stop_requested and self.epoch < c.epochs:
                     self.log(
                         f"stopped at epoch {self.epoch + 1}, batch {self.batch}; saved "
                         f"{self.checkpoint_path}. Continue with the same command and --resume."
                     )
                     return self.history
-                self.end_epoch()
+            with self._writing():
+                checkpoint.save(self.model, self.out / MODEL)
+        except TrainingDiverged as error:
+            error.epoch, error.advice = self.epoch + 1, self._divergence_advice()
+            raise
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
-        checkpoint.save(self.model, self.out / "model.npz")
         if self.history:
             best = max(r["test_acc"] for r in self.history)
             self.log(
                 f"done: final test accuracy {100 * self.history[-1]['test_acc']:.2f}% "
                 f"(best {100 * best:.2f}%), {self.history[-1]['elapsed_seconds'] / 60:.1f} min; "
-                f"model in {self.out / 'model.npz'}"
+                f"model in {self.out / MODEL}"
             )
         return self.history
 
@@ -428,43 +612,122 @@ class Trainer:
 # the command line
 # ---------------------------------------------------------------------------
 
+HELP = {
+    "epochs": "passes over the training images",
+    "batch_size": "images per step",
+    "optimizer": "adamw, or sgd with Nesterov momentum",
+    "lr": "the peak learning rate, reached at the end of the warm-up",
+    "min_lr": "the learning rate at the end of the cosine decay",
+    "weight_decay": "decoupled weight decay (none on biases, norms, E_pos, the class token)",
+    "momentum": "SGD's momentum",
+    "warmup_epochs": "epochs of linear warm-up (may be a fraction)",
+    "label_smoothing": "label smoothing of the training loss",
+    "clip_grad": "the largest global gradient norm (0: no clipping)",
+    "augment": "augmentation of the training images",
+    "mixup": "mixup's Beta alpha (0: off)",
+    "cutmix": "CutMix's Beta alpha (0: off)",
+    "train_limit": "use only the first N training images",
+    "test_limit": "use only the first N test images",
+    "eval_batch_size": "images per batch when testing",
+    "device": "where to train",
+    "seed": "the seed of the weights, the data order, the augmentation and dropout",
+}
+
+
+def _show(value) -> str:
+    return "all" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _defaults(name) -> str:
+    """``default: 16; recipes gpu: 200, quick: 2`` for one setting, from the recipes."""
+    base = getattr(TrainConfig(), name)
+    others = [
+        f"{recipe}: {_show(values[name])}"
+        for recipe, values in RECIPES.items()
+        if name in values and values[name] != base
+    ]
+    return f"default: {_show(base)}" + (f"; recipes {', '.join(others)}" if others else "")
+
+
+def _model_defaults(name) -> str:
+    """``default: the model's (vit_cifar_tiny: 96, vit_lite_7_4: 256; quick recipe: 32)``."""
+    own = inspect.signature(ViT).parameters
+    shown = [
+        f"{model}: {_show(CONFIGS[model].get(name, own[name].default))}"
+        for model in ("vit_cifar_tiny", "vit_lite_7_4")
+    ]
+    quick = RECIPES["quick"]["model_overrides"]
+    extra = f"; quick recipe: {_show(quick[name])}" if name in quick else ""
+    return f"default: the model's ({', '.join(shown)}{extra})"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m tinyvit.train",
-        description="Train a Vision Transformer on CIFAR-10.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "Train a Vision Transformer on CIFAR-10. A recipe sets every default below; "
+            "each flag overrides it."
+        ),
     )
     p.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
         default="cpu",
-        help="a set of defaults; any flag below overrides it",
+        help="a set of defaults: cpu (default), gpu (ViT-Lite-7/4, 200 epochs), quick (seconds)",
     )
-    p.add_argument("--quick", action="store_true", help="the 'quick' recipe: a run of seconds")
-    defaults = TrainConfig()
+    p.add_argument("--quick", action="store_true", help="the quick recipe: a run of seconds")
+    known = tuple(sorted(CONFIGS) + sorted(ALIASES))
     p.add_argument(
-        "--model", "--config", dest="model", help=f"a named ViT configuration ({defaults.model})"
+        "--model",
+        "--config",
+        dest="model",
+        type=choice_type(known, "model"),
+        metavar="NAME",
+        help=f"a named ViT configuration (default: {TrainConfig().model}; gpu recipe: "
+        f"{RECIPES['gpu']['model']}); one of {', '.join(known)}",
     )
-    for name in MODEL_OVERRIDES:
-        kind = str if name in ("pool", "gelu") else float if name == "dropout" else int
-        p.add_argument(
-            f"--{name.replace('_', '-')}", type=kind, help="override the model's " + name
-        )
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("model", "model_overrides"):
-            continue
-        kind = type(f.default) if f.default is not None else int
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=f"default: {f.default!r}")
+    words = dict(
+        patch_size="the patch size P", dim="the width D", depth="the number of blocks L",
+        heads="the number of heads", mlp_dim="the MLP's hidden width",
+        pool="cls (the class token) or mean (the patch tokens' average)",
+        gelu="the GELU: none (exact) or tanh", dropout="dropout in the blocks",
+    )  # fmt: skip
+    for name, kind in MODEL_OVERRIDES.items():
+        flag = f"--{name.replace('_', '-')}"
+        help_text = f"{words[name]}; {_model_defaults(name)}"
+        if isinstance(kind, checks.Range):
+            metavar = "N" if kind.kind is int else "X"
+            p.add_argument(flag, type=flag_type(kind), metavar=metavar, help=help_text)
+        else:
+            p.add_argument(flag, choices=kind, help=help_text)
+    for name, kind in SETTINGS.items():
+        flag = f"--{name.replace('_', '-')}"
+        help_text = f"{HELP[name]} ({_defaults(name)})"
+        if isinstance(kind, checks.Range):
+            metavar = "N" if kind.kind is int else "X"
+            p.add_argument(flag, type=flag_type(kind), metavar=metavar, help=help_text)
+        else:
+            p.add_argument(flag, choices=kind, help=help_text)
     p.add_argument(
         "--data-dir", help="CIFAR-10 folder (default: $TINYVIT_DATA or ~/.cache/tinyvit)"
     )
     p.add_argument("--no-download", action="store_true", help="never download the data set")
     p.add_argument(
-        "--out", default="runs/cifar10", help="folder for checkpoints, metrics and curves"
+        "--out",
+        default="runs/cifar10",
+        help="folder for checkpoints, metrics and curves (default: runs/cifar10)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue the run in OUT from its checkpoint"
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in OUT and start afresh (without it, a folder that "
+        "holds a run is refused)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -485,19 +748,49 @@ def config_from_args(args) -> TrainConfig:
 
 
 def main(argv=None) -> int:
+    """The command line. Bad settings, data or folders: one ``error:`` line, status 2,
+    before anything is trained; a diverging loss: status 1; Ctrl-C: status 130."""
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    trainer = None
     try:
+        config = config_from_args(args).check()
+        check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
         dataset = data.load_cifar10(args.data_dir, download=not args.no_download)
         trainer = Trainer(config, dataset, args.out, progress=not args.no_progress)
-        trainer.fit(resume=args.resume)
+        trainer.fit(resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as error:
-        print(f"\nstopped: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    except (data.DataError, checkpoint.CheckpointError, backend.DeviceError, RunError) as error:
+    except KeyboardInterrupt:
+        if trainer is not None and trainer.saved is not None:
+            kept = f"{trainer.checkpoint_path} (step {trainer.saved[2]}) is the last save"
+        else:
+            kept = "nothing was saved"
+        print(f"error: stopped at once by Ctrl-C; {kept}", file=sys.stderr)
+        return 130
+    except (
+        data.DataError,
+        checkpoint.CheckpointError,
+        backend.DeviceError,
+        RunError,
+        files.WriteError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 130 if trainer._stop_requested else 0
+    return 0 if trainer.epoch >= config.epochs else 130  # 130: stopped by Ctrl-C
+
+
+__all__ = [
+    "RECIPES",
+    "RUN_FILES",
+    "RunError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "check_run_folder",
+    "main",
+    "step_seed",
+]
 
 
 if __name__ == "__main__":

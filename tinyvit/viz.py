@@ -27,8 +27,6 @@ half-written figure never replaces a good one.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -37,56 +35,75 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from . import backend  # noqa: E402
-from .checkpoint import default_file_mode  # noqa: E402
-from .interop import interpolation_matrix  # noqa: E402
+from . import backend, files  # noqa: E402
+from .resample import interpolate  # noqa: E402
 from .tensor import Tensor, no_grad  # noqa: E402
 
 
 def save_figure(fig, path, dpi=130) -> Path:
-    """Write ``fig`` to ``path`` (PNG) through a temporary file and a rename; close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Write ``fig`` to ``path`` as a PNG, atomically (``tinyvit.files``); close it."""
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        default_file_mode(tmp)
-        os.replace(tmp, path)
+        return files.atomic_write(
+            path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+        )
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
-    return path
 
 
-def plot_training_curves(history, path, title="Training on CIFAR-10") -> Path:
-    """Loss and accuracy per epoch, train and test, from the trainer's history records."""
+def draw_training_curves(fig, history, label_smoothing=0.0):
+    """Loss and accuracy per epoch, train and test, into ``fig``; returns the two axes.
+
+    The training numbers are means over the epoch's augmented batches as the
+    model changed, with the training loss (label-smoothed, when
+    ``label_smoothing`` > 0); the test numbers are plain cross-entropy and
+    accuracy at the end of each epoch. Label smoothing puts a floor under the
+    training loss well above 0, so a test loss below the training loss does
+    not mean the test set is easier: the two are different quantities, and
+    the figure says so.
+    """
+    if not history:
+        raise ValueError("no epochs to draw: the history is empty")
     epochs = [r["epoch"] for r in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
-    loss_ax.plot(epochs, [r["test_loss"] for r in history], "o-", ms=3, label="test")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("cross-entropy")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    smoothed = f" (label smoothing {label_smoothing:g})" if label_smoothing else ""
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3,
+                 label=f"train: training loss{smoothed}")  # fmt: skip
+    loss_ax.plot(epochs, [r["test_loss"] for r in history], "o-", ms=3,
+                 label="test: plain cross-entropy")  # fmt: skip
+    loss_ax.set_ylabel("loss")
     loss_ax.set_title("loss")
-    loss_ax.legend(frameon=False)
-    acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", ms=3, label="train")
-    acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "o-", ms=3, label="test")
     best = max(history, key=lambda r: r["test_acc"])
-    acc_ax.annotate(
-        f"{100 * best['test_acc']:.1f}%",
-        (best["epoch"], 100 * best["test_acc"]),
-        textcoords="offset points",
-        xytext=(0, 8),
-        ha="center",
-        fontsize=9,
-    )
-    acc_ax.set_xlabel("epoch")
+    best_label = f"test (best {100 * best['test_acc']:.1f}%, epoch {best['epoch']})"
+    acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", ms=3,
+                label="train (augmented batches)")  # fmt: skip
+    acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "o-", ms=3,
+                label=best_label)  # fmt: skip
+    acc_ax.plot([best["epoch"]], [100 * best["test_acc"]], "o", ms=7, mfc="none", color="C1")
     acc_ax.set_ylabel("accuracy (%)")
-    acc_ax.set_title("accuracy (train: on augmented batches)")
-    acc_ax.legend(frameon=False)
+    acc_ax.set_title("accuracy")
+    first, last = min(epochs), max(epochs)
+    every = max(1, math.ceil((last - first + 1) / 10))  # at most about ten ticks
     for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.set_xticks(range(first, last + 1, every))  # whole epochs only
+        ax.set_xlim(first - 0.5, last + 0.5)
         ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=8)
+    if label_smoothing:
+        fig.supxlabel(
+            "The training loss is label-smoothed (it cannot reach 0) and averaged over "
+            "augmented batches while the model learns; the test loss is plain cross-entropy\n"
+            "at the end of each epoch. They measure different things: compare the curves' "
+            "shapes, not their levels.",
+            fontsize=8, color="0.3",
+        )  # fmt: skip
+    return loss_ax, acc_ax
+
+
+def plot_training_curves(history, path, title="Training on CIFAR-10", label_smoothing=0.0):
+    """``draw_training_curves`` from the trainer's history records, saved to ``path``."""
+    fig = plt.figure(figsize=(10, 4.2), layout="constrained")
+    draw_training_curves(fig, history, label_smoothing)
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -194,32 +211,6 @@ def cls_attention(attention):
     B, heads, T, _ = attention.shape
     g = grid_side(T)
     return attention[:, :, 0, 1:].reshape(B, heads, g, g)  # (B, heads, g, g)
-
-
-def upsample(maps, size, mode="nearest"):
-    """Stretch ``(..., g, g)`` maps to ``(..., size, size)`` to lay them over an image.
-
-    ``"nearest"`` repeats each patch's value over its ``size/g`` pixels (what
-    the model actually has: one number per patch); ``"bilinear"`` blends
-    neighbouring patches for a smoother picture.
-    """
-    maps = _array(maps)
-    if maps.ndim < 2 or maps.shape[-1] != maps.shape[-2]:
-        raise ValueError(f"maps must end in a square grid (..., g, g); got {_describe(maps)}")
-    xp = backend.xp_of(maps)
-    g = maps.shape[-1]
-    if mode == "nearest":
-        if size % g:
-            raise ValueError(
-                f"nearest upsampling needs size ({size}) to be a multiple of the grid ({g}); "
-                "use mode='bilinear'"
-            )
-        k = size // g
-        return xp.repeat(xp.repeat(maps, k, axis=-2), k, axis=-1)  # (..., size, size)
-    if mode == "bilinear":
-        m = xp.asarray(interpolation_matrix(g, size, "bilinear"), dtype=maps.dtype)  # (size, g)
-        return m @ maps @ m.T  # (..., size, size)
-    raise ValueError(f"mode must be 'nearest' or 'bilinear', not {mode!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -508,8 +499,8 @@ def plot_attention_overlays(
         grey = rgb.mean(axis=2)
         axes[b, 0].imshow(rgb, interpolation="nearest")
         for c, m in enumerate(maps.values(), start=1):
-            mode = "bilinear" if smooth or H % m.shape[-1] else "nearest"
-            heat = upsample(_stretch(m[b]), H, mode=mode)  # (H, W) in [0, 1]
+            mode = "bilinear" if smooth or H % m.shape[-1] else "nearest"  # nearest: patch blocks
+            heat = interpolate(_stretch(m[b]), (H, W), mode)  # (H, W) in [0, 1]
             axes[b, c].imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             axes[b, c].imshow(
                 heat, cmap=ATTENTION_CMAP, vmin=0, vmax=1, alpha=0.65, interpolation="nearest"

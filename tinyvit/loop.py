@@ -1,0 +1,158 @@
+"""One training step and one evaluation, shared by every training loop in tinyvit.
+
+The paper trains a ViT three ways, and tinyvit has a loop for each: supervised
+training from scratch (Section 4.1, ``tinyvit.train.Trainer``), fine-tuning
+with a new head (Section 3.2, ``tinyvit.finetune.finetune``) and masked patch
+prediction (Section 4.6, ``tinyvit.pretrain.pretrain``). They differ in their
+data and their loss; the step is the same, and it lives here, once:
+
+    lr      = schedule(step)                 a linear warm-up, then cosine decay
+    masks   = seeded by (seed, step)         dropout, reproducible and resumable
+    loss    = forward()                      the model, then the loss
+    finite? else TrainingDiverged            the weights are not touched
+    grads   = loss.backward()
+    grads  *= min(1, clip / ||grads||)       global gradient-norm clipping
+    weights = optimizer.step()               AdamW or SGD
+
+``evaluate`` is the one measurement on held-out images: mean cross-entropy
+and accuracy, in evaluation mode (no dropout), without a graph, at the
+model's resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+
+from . import backend, data
+from . import functional as F
+from .optim import AdamW, WarmupCosine, clip_grad_norm
+from .resample import interpolate
+from .tensor import no_grad
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss (or the gradient's norm) became NaN or infinite; the weights are as before
+    the step that saw it.
+
+    ``advice`` is the caller's suggestion of what to try (and what was kept);
+    the trainer fills it with flags and its checkpoint.
+    """
+
+    def __init__(self, what, value, step, lr, *, run="training", epoch=None, advice=None):
+        super().__init__(what, value, step, lr)
+        self.what, self.value, self.step, self.lr = what, value, step, lr
+        self.run, self.epoch = run, epoch
+        self.advice = advice or "Try a lower learning rate or a longer warm-up."
+
+    def __str__(self):
+        where = f"epoch {self.epoch}, step {self.step}" if self.epoch else f"step {self.step}"
+        return (
+            f"{self.run}: the {self.what} became {self.value} at {where} "
+            f"(learning rate {self.lr:.3g}). {self.advice}"
+        )
+
+
+def step_seed(seed, step) -> int:
+    """The seed of one step's dropout masks: a function of the run's seed and the step."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def train_step(model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run="training"):
+    """One optimisation step of ``model``; returns ``(loss value, output)``.
+
+    ``forward()`` runs the model and returns ``(loss, output)``: the scalar
+    loss ``Tensor`` and anything the caller wants back (the logits, to count
+    what was right; or ``None``). Before it, the learning rate is set to
+    ``lr`` and, when ``seed`` is given, the dropout masks are seeded by
+    ``(seed, step)``. A loss that is not finite, or (with ``clip``) a
+    gradient norm that is not finite, raises ``TrainingDiverged`` before the
+    weights change. ``clip`` is the largest global gradient norm (0: none).
+    """
+    optimizer.set_lr(lr)
+    if seed is not None:
+        backend.manual_seed(step_seed(seed, step))  # this step's dropout masks
+    loss, output = forward()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged("loss", value, step, lr, run=run)
+    optimizer.zero_grad()
+    loss.backward()
+    if clip:
+        norm = clip_grad_norm(model.parameters(), clip)
+        if not math.isfinite(norm):
+            raise TrainingDiverged("gradient norm", norm, step, lr, run=run)
+    optimizer.step()
+    return value, output
+
+
+class Evaluation(NamedTuple):
+    """What ``evaluate`` measures: mean cross-entropy (no label smoothing) and accuracy."""
+
+    loss: float
+    accuracy: float
+
+
+def uint8_images(images, what="images"):
+    """``images`` itself, after checking it is a NumPy uint8 batch ``(n, C, H, W)``."""
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4):
+        raise TypeError(
+            f"{what}: expected a NumPy uint8 array of images (n, C, H, W), got "
+            f"{tuple(getattr(images, 'shape', ()))}, {getattr(images, 'dtype', type(images))}"
+        )
+    return images
+
+
+def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="testing"):
+    """Mean cross-entropy and accuracy of ``model`` on uint8 ``images`` ``(n, C, H, W)``.
+
+    Images are normalised as for training and resized to the model's
+    resolution (``resample.interpolate``, bilinear) when they differ; the
+    model runs in evaluation mode, without a graph, on its own device and in
+    its own dtype, and is put back in the mode it was in. ``progress`` shows
+    a bar. Returns an ``Evaluation(loss, accuracy)``.
+    """
+    images = uint8_images(images)
+    if len(labels) != len(images) or len(images) == 0:
+        raise ValueError(
+            f"evaluate needs as many labels as images (at least one), got {len(images)} "
+            f"images and {len(labels)} labels"
+        )
+    device, dtype = model.pos_embed.device, model.pos_embed.dtype
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    batches = data.batches(
+        images, labels, batch_size, shuffle=False, augment="none", drop_last=False,
+        device=device, dtype=dtype,
+    )  # fmt: skip
+    total = data.num_batches(len(images), batch_size, drop_last=False)
+    try:
+        with no_grad():
+            for x, y in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+                logits = model(interpolate(x, model.image_size))  # (B, classes)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += int((logits.data.argmax(axis=1) == y).sum())
+    finally:
+        model.train(was_training)
+    return Evaluation(loss_sum / len(images), correct / len(images))
+
+
+def adamw_with_schedule(module, lr, weight_decay, steps, warmup_steps, min_lr=1e-6):
+    """AdamW and its learning-rate schedule: linear warm-up, then cosine decay to ``min_lr``."""
+    schedule = WarmupCosine(lr, steps, min(warmup_steps, steps), min(min_lr, lr))
+    return AdamW(module, lr=lr, weight_decay=weight_decay), schedule
+
+
+__all__ = [
+    "Evaluation",
+    "TrainingDiverged",
+    "adamw_with_schedule",
+    "evaluate",
+    "step_seed",
+    "train_step",
+    "uint8_images",
+]
