@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,11 +32,28 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert readme_commands()[1] in ci
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the examples write files
+def python_blocks():
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks
-    namespace: dict = {}
-    for block in blocks:  # later blocks use names from earlier ones, as a reader would
-        exec(compile(block, "README.md", "exec"), namespace)
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_the_readme_has_python_examples():
+    assert len(python_blocks()) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks())))
+def test_each_readme_python_example_runs_on_its_own(index, tmp_path, monkeypatch):
+    """A reader copies one block at a time: each must run in a fresh namespace."""
+    monkeypatch.chdir(tmp_path)  # the examples write files
+    exec(compile(python_blocks()[index], f"README.md, python block {index + 1}", "exec"), {})
+
+
+def test_the_tour_says_true_things_about_dtypes():
+    import numpy as np
+
+    from tinyvit import Tensor
+
+    assert Tensor(np.zeros(2)).dtype == np.float64  # an array keeps its dtype
+    assert Tensor([1.0, 2.0]).dtype == np.float32  # Python numbers become float32
+    tour = python_blocks()[0]
+    assert "float32 unless told otherwise" not in tour

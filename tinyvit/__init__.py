@@ -3,6 +3,8 @@
 The package follows the paper's data flow, low to high:
 
     backend     NumPy or CuPy, taken from the array itself
+    checks      argument checks that name the argument, the range and the value
+    files       files written atomically; folders checked before a run
     tensor      Tensor, the graph and backward()
     functional  the ViT's layers as ops with hand-written backwards: the reference
     kernels     the same ops made fast for a device, chosen automatically
@@ -11,9 +13,12 @@ The package follows the paper's data flow, low to high:
     nn          Module, Parameter, Linear, LayerNorm, attention, the encoder block
     vit         the Vision Transformer and its named configurations
     checkpoint  save() and load() of a model with its configuration
+    resample    interpolation: images, attention maps, position embeddings (3.2)
     interop     official Google checkpoints (read and write), new resolutions
     data        CIFAR-10: download, reading, batches, augmentation
     optim       SGD, AdamW, warm-up and cosine decay, gradient clipping
+    loop        the one training step and the one evaluation every loop shares
+    cli         one-line errors and checked flags for the command lines
     train       the trainer and its command line (python -m tinyvit.train)
     finetune    Section 3.2: a new head, a new resolution, a short supervised run
     pretrain    Section 4.6: masked patch prediction
