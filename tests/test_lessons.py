@@ -72,3 +72,14 @@ def test_a_mistyped_checkpoint_fails_at_once(lesson, tmp_path):
     assert result.stderr.startswith("error: argument --checkpoint: cannot read ")
     assert len(result.stderr.splitlines()) == 1 and str(missing) in result.stderr
 
+
+def test_an_unusable_out_folder_is_one_error_line(tmp_path):
+    blocker = tmp_path / "figures"
+    blocker.write_text("a file, not a folder")
+    result = subprocess.run(
+        [sys.executable, str(LESSONS / "01_autograd.py"), "--quick", "--out", str(blocker / "x")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    expected = f"cannot use {blocker} as a folder: it is a file (on the way to the folder "
+    assert result.stderr == f"error: {expected}{blocker / 'x'})\n"
