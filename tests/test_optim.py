@@ -83,7 +83,7 @@ def torch_pair(torch, seed=0):
 
 
 def step_both_and_compare(torch, ours, theirs, params, refs, rng, steps):
-    """Feed both optimisers the same random gradients; their parameters must agree."""
+    """Feed both optimizers the same random gradients; their parameters must agree."""
     for _ in range(steps):
         for p, r in zip(params, refs, strict=True):
             g = rng.standard_normal(p.shape)

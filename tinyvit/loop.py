@@ -62,7 +62,7 @@ def step_seed(seed, step) -> int:
 
 
 def train_step(model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run="training"):
-    """One optimisation step of ``model``; returns ``(loss value, output)``.
+    """One optimization step of ``model``; returns ``(loss value, output)``.
 
     ``forward()`` runs the model and returns ``(loss, output)``: the scalar
     loss ``Tensor`` and anything the caller wants back (the logits, to count
