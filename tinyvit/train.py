@@ -394,16 +394,15 @@ class Trainer:
 
     def _on_interrupt(self, signum, frame):
         if self._saving:  # never break a write: let it finish, then stop
-            if self._stop_requested:
-                self.log("\nCtrl-C: still writing; stopping as soon as the files are safe")
             self._stop_requested = True
+            self.log("\nCtrl-C: files are being written; stopping as soon as they are safe")
             return
         if self._stop_requested:  # a second Ctrl-C: stop now, without saving
             raise KeyboardInterrupt
         self._stop_requested = True
         self.log(
-            "\nCtrl-C: finishing this step, saving a checkpoint, then stopping "
-            "(press again to stop at once, without saving)"
+            "\nCtrl-C: finishing what is under way (this step, or the epoch's test), saving a "
+            "checkpoint, then stopping (press again to stop at once, without saving)"
         )
 
     def train_step(self, x, y):
