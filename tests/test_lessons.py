@@ -12,6 +12,7 @@ LESSONS = Path(__file__).resolve().parents[1] / "lessons"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-bin"
 
 FIGURES = {
+    "00_engine_from_scratch.py": ["engine_descent.png", "layer_norm_paths.png"],
     "01_autograd.py": ["derivative.png", "descent.png"],
     "02_gradcheck.py": ["central_difference_error.png", "every_layer.png"],
     "03_image_as_sequence.py": ["patch_grid.png", "patch_sequence.png", "embedding.png"],
