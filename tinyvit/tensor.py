@@ -11,15 +11,10 @@ reverse topological order, so that each node has received the gradient from
 every one of its uses before it passes its own on, and it adds the gradients
 up in the leaves' ``.grad``. Nothing here is specific to Vision
 Transformers; the ViT's own layers (linear, softmax attention, LayerNorm,
-GELU) live in ``functional.py`` as single ops with fused backwards.
+GELU) live in ``functional.py`` as single ops with hand-written backwards.
 
-Rules every backward closure follows:
-
-* it returns one gradient per parent, shaped like that parent (``None`` where
-  the parent needs none), in the parent's dtype;
-* it returns fresh arrays or views of the incoming gradient, never a
-  broadcast view or an array that the forward pass still uses. The engine then
-  knows which gradients it may add into in place (see ``backward``).
+A backward closure returns one gradient per parent, shaped like that parent
+(``None`` where the parent needs none), in the parent's dtype.
 """
 
 from __future__ import annotations
@@ -56,12 +51,6 @@ def _graph_freed(g):
         "backward() went through a part of the graph that an earlier backward() has "
         "already freed; pass retain_graph=True to the first call to go through it twice"
     )
-
-
-def _root(array):
-    """The array that owns the memory of ``array`` (itself, or the base of a view)."""
-    base = getattr(array, "base", None)
-    return array if base is None else base
 
 
 def unbroadcast(grad, shape):
@@ -193,7 +182,7 @@ class Tensor:
                     f"tensor has shape {self.shape}. Reduce it first (y.sum().backward()) or "
                     f"pass the upstream gradient: y.backward(grad) with grad of shape {self.shape}"
                 )
-            grad, owned = xp.ones_like(self.data), True
+            grad = xp.ones_like(self.data)
         else:
             grad = grad.data if isinstance(grad, Tensor) else grad
             xp_of(self.data, grad, names=("the tensor", "the gradient passed to backward()"))
@@ -202,53 +191,33 @@ class Tensor:
                 raise ValueError(
                     f"backward(grad): grad has shape {grad.shape}, expected {self.shape}"
                 )
-            owned = False
 
-        # Pending gradients, keyed by node. `owned` says whether no other node
-        # or leaf shares the array, so that later contributions may be added into it
-        # in place instead of allocating a new sum.
-        pending = {id(self): [grad, owned]}
+        # The gradient that has reached each node so far, keyed by node. A node's
+        # turn comes after every node made from it (the topological order), so
+        # when it is reached its gradient is complete.
+        grads = {id(self): grad}
         for node in self._topological_order():
-            entry = pending.pop(id(node), None)
-            if entry is None:
+            g = grads.pop(id(node), None)
+            if g is None:  # no path from this node to the output carries a gradient
                 continue
-            g, g_owned = entry
-            if node._backward is None:  # a leaf: the gradient stops here
-                node._accumulate(g, g_owned)
+            if node._backward is None:  # a leaf: the gradient stops here, added into .grad
+                if node.grad is None:
+                    node.grad = g.copy()  # the leaf's own array: g may be shared
+                else:
+                    node.grad += g
                 continue
-            parent_grads = node._backward(g)
-            if not retain_graph:
-                parents, node._parents, node._backward = node._parents, (), _graph_freed
-            else:
-                parents = node._parents
-            ids = [id(pg) for pg in parent_grads if pg is not None]
-            for parent, pg in zip(parents, parent_grads):
+            for parent, pg in zip(node._parents, node._backward(g)):  # the chain rule, one op
                 if parent is None or pg is None or not parent.requires_grad:
                     continue
-                if pg.shape != parent.data.shape:
+                if pg.shape != parent.shape:
                     raise RuntimeError(
                         f"backward of {node._op or 'an op'} returned a gradient of shape "
-                        f"{pg.shape} for an input of shape {parent.data.shape}"
+                        f"{pg.shape} for an input of shape {parent.shape}"
                     )
-                if ids.count(id(pg)) > 1 or not getattr(pg.flags, "writeable", True):
-                    own = False  # handed to several parents, or read-only
-                elif _root(pg) is _root(g):
-                    own = g_owned  # g itself, or a view of it
-                else:
-                    own = True  # a fresh array
-                slot = pending.get(id(parent))
-                if slot is None:
-                    pending[id(parent)] = [pg, own]
-                elif slot[1]:
-                    slot[0] += pg
-                else:
-                    slot[0], slot[1] = slot[0] + pg, True
-
-    def _accumulate(self, g, owned):
-        if self.grad is None:
-            self.grad = g if owned else g.copy()
-        else:
-            self.grad += g
+                # a tensor used several times adds up the gradients of its uses
+                grads[id(parent)] = grads[id(parent)] + pg if id(parent) in grads else pg
+            if not retain_graph:  # free what this node kept for its backward
+                node._parents, node._backward = (), _graph_freed
 
     # -- plain attributes ---------------------------------------------------
 
