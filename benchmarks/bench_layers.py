@@ -3,8 +3,10 @@ from primitives, and PyTorch eager.
 
 The shapes are those of one encoder block of the benchmark's D 192 ViT (batch
 128, 65 tokens, width 192, 3 heads, MLP 768) in float32. For each layer the
-median of several timed repetitions after a warm-up, the variants
-interleaved so that they see the same machine state. "kernel" is the op as
+median of several timed repetitions after a warm-up, tinyvit's variants
+interleaved so that they see the same machine state. PyTorch runs in a
+process of its own, before them: its threads keep spinning after each op and
+would slow whatever ran next in the same process. "kernel" is the op as
 ``functional`` runs it by default (the CPU kernel where there is one),
 "reference" its plain body (``op.reference``, what ``TINYVIT_KERNELS=reference``
 runs). PyTorch is optional.
@@ -18,6 +20,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +34,8 @@ try:
     import torch
 except ImportError:
     torch = None
+else:
+    torch.set_num_threads(os.cpu_count())
 
 B, N, D, HEADS, MLP, CLASSES = 128, 65, 192, 3, 768, 10
 
@@ -91,6 +97,24 @@ def time_torch(fn, arrays, upstream):
     return time.perf_counter() - start
 
 
+def case_arrays(shapes, op):
+    """The inputs and the upstream gradient of one case, the same in every process."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    out_shape = op(*[Tensor(a) for a in arrays]).shape
+    return arrays, rng.standard_normal(out_shape).astype(np.float32)
+
+
+def torch_times(repeat):
+    """Median milliseconds of each layer in PyTorch (in its own process)."""
+    times = {}
+    for name, shapes, kernel, _, _, theirs in cases():
+        arrays, upstream = case_arrays(shapes, kernel)
+        samples = [time_torch(theirs, arrays, upstream) for _ in range(repeat + 2)][2:]
+        times[name] = statistics.median(samples) * 1e3
+    return times
+
+
 def cpu_model() -> str:
     """The CPU's name, as ``lscpu`` prints it."""
     from bench_cpu import cpu_model as name
@@ -102,31 +126,34 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/layers_cpu.json"))
+    parser.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(0)
+    if args.torch_child:
+        kernels.cpu_runtime.keep_freed_memory()
+        print(json.dumps(torch_times(args.repeat)))
+        return
+    theirs_ms = {}
+    if torch is not None:
+        child = [sys.executable, __file__, "--torch-child", "--repeat", str(args.repeat)]
+        output = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+        theirs_ms = json.loads(output.strip().splitlines()[-1])
+    kernels.cpu_runtime.keep_freed_memory()  # as the trainer runs
     results = []
     columns = ("kernel", "reference", "composed", "torch")
     header = f"{'layer':<12}" + "".join(f"{c + ' ms':>14}" for c in columns)
     print(header + f"{'torch/kernel':>14}" + "\n" + "-" * (len(header) + 14))
-    for name, shapes, kernel, reference, plain, theirs in cases():
-        arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-        out_shape = kernel(*[Tensor(a) for a in arrays]).shape
-        upstream = rng.standard_normal(out_shape).astype(np.float32)
-        variants = {
-            "kernel": (time_tinyvit, kernel),
-            "reference": (time_tinyvit, reference),
-            "composed": (time_tinyvit, plain),
-        }
-        if torch is not None:
-            variants["torch"] = (time_torch, theirs)
-        samples = {k: [] for k, (_, fn) in variants.items() if fn is not None}
+    for name, shapes, kernel, reference, plain, _ in cases():
+        arrays, upstream = case_arrays(shapes, kernel)
+        variants = {"kernel": kernel, "reference": reference, "composed": plain}
+        samples = {k: [] for k, fn in variants.items() if fn is not None}
         for round_ in range(args.repeat + 2):  # two warm-up rounds
             for key in samples:
-                timer, fn = variants[key]
-                elapsed = timer(fn, arrays, upstream)
+                elapsed = time_tinyvit(variants[key], arrays, upstream)
                 if round_ >= 2:
                     samples[key].append(elapsed)
         median = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+        if name in theirs_ms:
+            median["torch"] = theirs_ms[name]
         row = {"layer": name, "shapes": shapes, **{f"{k}_ms": v for k, v in median.items()}}
         if "torch" in median:
             row["torch_over_kernel"] = median["torch"] / median["kernel"]

@@ -270,10 +270,14 @@ print("wrote", save_figure(fig, args.out / "reference_vs_kernel.png"))
 # The matrix products run in OpenBLAS, which has threads of its own. After a
 # product they do not sleep at once: by default they spin for about 2^28
 # cycles, a tenth of a second, waiting for the next product, and while they
-# spin they hold the cores our blocks need. tinyvit asks them to sleep at
-# once (``cpu_runtime.quiet_blas_threads``, run when tinyvit is imported).
-# Here, a GELU right after a matrix product, with OpenBLAS's threads told to
-# spin as they do by default, then told to sleep.
+# spin they can hold the cores our blocks need. On one machine of this
+# project (an Intel Sapphire Rapids) a GELU right after a product ran 1.5
+# times slower; on another (an AMD EPYC) the operating system handed the
+# cores back at once and nothing changed. tinyvit asks them to sleep at once
+# (``cpu_runtime.quiet_blas_threads``, run when tinyvit is imported), which
+# costs the products nothing. Here is your machine: a GELU right after a
+# matrix product, with OpenBLAS's threads told to spin as they do by
+# default, then told to sleep.
 
 # %%
 if cpu_runtime.blas_thread_timeout() is not None and cores > 1:
