@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyvit import backend
+from tinyvit import backend, kernels
 from tinyvit.tensor import Tensor
 
 # The suite runs once per device present: on NumPy always, on CuPy when a GPU is
@@ -22,6 +22,13 @@ def device(request):
 def xp(device):
     """The array module under test: numpy, or cupy on a machine with a GPU."""
     return backend.module_for(device)
+
+
+@pytest.fixture(params=["auto", "reference"])
+def kernel_mode(request):
+    """The test runs twice: with the kernels, and with every op on its reference code."""
+    with kernels.using(request.param):
+        yield request.param
 
 
 @pytest.fixture

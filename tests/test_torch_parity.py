@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 
 import tinyvit.functional as F
-from tinyvit import Tensor, concatenate, kernels, stack
+from tinyvit import Tensor, concatenate, stack
 from tinyvit.backend import to_numpy
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 TOL = {"rtol": 1e-7, "atol": 1e-8}  # well inside the 1e-6 the brief asks for
-
-
-@pytest.fixture(autouse=True, params=["auto", "reference"])
-def kernel_mode(request):
-    """Every comparison twice: with the kernels, and with every op on its reference."""
-    with kernels.using(request.param):
-        yield request.param
+pytestmark = pytest.mark.usefixtures("kernel_mode")  # on the kernels and on the references
 
 
 def compare(ours, theirs, shapes, xp, seed=0, int_args=()):

@@ -344,7 +344,8 @@ def torch_reference_vit(torch, config):
 
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-4), (np.float64, 1e-9)])
-def test_matches_a_pytorch_reference(pool, dtype, tol, xp, device):
+def test_matches_a_pytorch_reference(pool, dtype, tol, kernel_mode, xp, device):
+    """Logits and every parameter's gradient, with the kernels and on the reference path."""
     torch = pytest.importorskip("torch")
     config = dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=2, heads=4, mlp_dim=32)
     manual_seed(5)

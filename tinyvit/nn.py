@@ -297,10 +297,9 @@ class Attention(Module):
         self.attention = None
 
     def forward(self, x):
-        qkv = self.qkv(x)  # (B, N, 3D): [q | k | v], each cut into heads of head_dim
-        # Eq. 6-7 for every head; the heads' outputs come back side by side: (B, N, D).
-        # (F.self_attention is F.scaled_dot_product_attention on q, k, v cut out of
-        # qkv, with the cutting and re-joining done without copies.)
+        qkv = self.qkv(x)  # (B, N, 3D): [q | k | v] = z U_qkv, Eq. 5
+        # Eq. 6-7 for every head, each with its own q, k, v of width D_h; the heads'
+        # outputs come back side by side, [SA_1; ...; SA_k]: (B, N, D).
         out, attn = F.self_attention(qkv, self.heads, need_weights=True)
         self.attention = attn if self.keep_attention else None  # (B, heads, N, N)
         return self.drop(self.proj(out))  # Eq. 8
