@@ -342,3 +342,36 @@ def test_self_attention_equals_attention_on_cut_projections(make):
 def test_self_attention_shape_error(make):
     with pytest.raises(ValueError, match=r"3 \* heads \* head_dim"):
         F.self_attention(make(2, 5, 10), 3)
+
+
+# ---------------------------------------------------------------- patch dropout
+
+
+def test_patch_dropout_keeps_the_class_token_and_a_random_share_of_patches(xp, device):
+    x = Tensor(xp.asarray(np.arange(2 * 9 * 3, dtype=np.float64).reshape(2, 9, 3)))
+    y = F.patch_dropout(x, 0.5, generator=backend.new_generator(0, device))
+    assert y.shape == (2, 1 + 4, 3)  # int(8 * 0.5) of the 8 patches, and the class token
+    data, source = to_numpy(y.data), to_numpy(x.data)
+    for b in range(2):
+        np.testing.assert_array_equal(data[b, 0], source[b, 0])  # the class token, first
+        rows = [int(r[0]) // 3 - 9 * b for r in data[b, 1:]]
+        assert rows == sorted(rows) and len(set(rows)) == 4 and min(rows) >= 1
+    again = F.patch_dropout(x, 0.5, generator=backend.new_generator(0, device))
+    np.testing.assert_array_equal(to_numpy(again.data), data)
+    assert F.patch_dropout(x, 0.5, training=False) is x and F.patch_dropout(x, 0.0) is x
+
+
+def test_patch_dropout_gradient(make, device):
+    x = make(3, 7, 4)
+    gradcheck(lambda t: F.patch_dropout(t, 0.4, generator=backend.new_generator(1, device)), (x,))
+    y = F.patch_dropout(x, 0.4, generator=backend.new_generator(1, device))
+    y.backward(y.data * 0 + 1)
+    dropped = (to_numpy(x.grad) == 0).all(axis=-1)  # rows no kept token came from
+    assert dropped.sum() == 3 * (6 - int(6 * 0.6))
+
+
+def test_patch_dropout_errors(make):
+    with pytest.raises(ValueError, match="patch_dropout: p"):
+        F.patch_dropout(make(2, 5, 3), 1.0)
+    with pytest.raises(ValueError, match=r"\(B, T, D\)"):
+        F.patch_dropout(make(5, 3), 0.5)

@@ -122,3 +122,26 @@ def test_finetuning_and_pretraining_raise_the_one_divergence_error():
     with pytest.raises(TrainingDiverged, match=r"^pretrain: the loss became nan at step 0 "):
         with np.errstate(invalid="ignore"):  # inf - inf in the softmax: the point of the test
             pretrain(mpp, images, 2, batch_size=4, log=None)
+
+
+def test_flip_tta_averages_each_image_and_its_mirror_image():
+    """The loss is that of the averaged distribution, the prediction its largest class."""
+    from tinyvit.data import normalize
+
+    model, _, _, _ = setup()
+    model.to(np.float64)
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (7, 3, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 3, 7)
+    x = normalize(images, dtype=np.float64)
+
+    def probabilities(batch):
+        return F.softmax(model.eval()(batch), axis=1).data
+
+    averaged = 0.5 * (probabilities(x) + probabilities(x[..., ::-1]))
+    model.train()
+    result = evaluate(model, images, labels, batch_size=3, tta=True)
+    assert result.loss == pytest.approx(-np.log(averaged[np.arange(7), labels]).mean(), rel=1e-9)
+    assert result.accuracy == pytest.approx((averaged.argmax(1) == labels).mean())
+    plain = evaluate(model, images, labels, batch_size=3)
+    assert plain.loss != pytest.approx(result.loss)

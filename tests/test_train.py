@@ -80,9 +80,21 @@ def test_training_loss_falls_well_below_its_start(tmp_path):
     np.testing.assert_array_equal(model.head.weight.data, trainer.model.head.weight.data)
 
 
+EVERY_OPTION = dict(
+    ema=0.9,
+    tta="flip",
+    model_overrides={**TINY, "dropout": 0.1, "pool": "mean", "pos_embed": "sincos",
+                     "patch_dropout": 0.25},
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("options", ["plain", "every option"])
 @pytest.mark.parametrize("stop_at", [8, 5])  # an epoch boundary (8 steps per epoch), and mid-epoch
-def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(stop_at, tmp_path):
-    config = tiny_config(mixup=0.5, cutmix=0.5, model_overrides={**TINY, "dropout": 0.1})
+def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(stop_at, options, tmp_path):
+    extra = EVERY_OPTION if options == "every option" else {}
+    config = tiny_config(
+        mixup=0.5, cutmix=0.5, **{"model_overrides": {**TINY, "dropout": 0.1}, **extra}
+    )
     dataset = synthetic_cifar()
     straight = Trainer(config, dataset, tmp_path / "straight", progress=False)
     straight.fit()
@@ -108,6 +120,10 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(stop_at, tmp_
     assert [r["train_loss"] for r in second.history] == pytest.approx(
         [r["train_loss"] for r in straight.history], rel=1e-12
     )
+    if options == "every option":  # the moving average, and the final flipped test
+        for key, value in straight.ema.averages.items():
+            np.testing.assert_array_equal(second.ema.averages[key], value, err_msg=key)
+        assert second.history[-1]["test_acc_tta"] == straight.history[-1]["test_acc_tta"]
 
 
 def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -498,3 +514,95 @@ def test_a_damaged_trainer_state_is_a_checkpoint_error(tmp_path):
         again = Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False)
         with pytest.raises(tinyvit.checkpoint.CheckpointError, match=words):
             again.fit(resume=True)
+
+
+# ---------------------------------------------------------------- a time budget
+
+
+def test_a_time_budget_plan_fills_the_time_left(tmp_path):
+    """100 s, 0.1 s a step, 1 s to test and save after each of its 8-step epochs: the
+    largest run that fits is 54 epochs (97.2 s of the 98 s left after the 2% margin)."""
+    trainer = Trainer(tiny_config(time_budget=100.0), synthetic_cifar(), tmp_path, progress=False)
+    assert not trainer.planned
+    trainer._started = __import__("time").perf_counter()  # nothing spent yet
+    trainer.fit_time_budget(0.1, 1.0)
+    assert trainer.planned and trainer.total_steps == 432 and trainer.epochs == 54
+    assert trainer.schedule.total == 432
+
+
+def test_a_budgeted_run_plans_once_and_its_steps_repeat_it(tmp_path):
+    """The run times itself, fixes its length during the warm-up (one epoch), and the
+    ``--steps N`` its log names trains the very same weights."""
+    lines = []
+    config = tiny_config(time_budget=6.0, warmup_epochs=1.0, epochs=1)
+    budgeted = Trainer(
+        config, synthetic_cifar(), tmp_path / "budget", progress=False, log=lines.append
+    )
+    budgeted.fit()
+    assert budgeted.planned and budgeted.step == budgeted.total_steps > 8
+    plan = next(line for line in lines if line.startswith("time budget"))
+    assert f"--steps {budgeted.total_steps} " in plan and "step for step" in plan
+    assert len(budgeted.history) == budgeted.epochs
+    again = Trainer(
+        tiny_config(steps=budgeted.total_steps, warmup_epochs=1.0),
+        synthetic_cifar(),
+        tmp_path / "again",
+        progress=False,
+    )
+    again.fit()
+    for key, value in weights(budgeted).items():
+        np.testing.assert_array_equal(weights(again)[key], value, err_msg=key)
+
+
+def test_steps_may_end_a_run_inside_an_epoch(tmp_path):
+    trainer = Trainer(tiny_config(steps=13), synthetic_cifar(), tmp_path, progress=False)
+    history = trainer.fit()
+    assert trainer.step == 13 and trainer.epochs == 2
+    assert [r["step"] for r in history] == [8, 13]
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--time-budget", "30x"], "length of time such as 30m"),
+        (["--time-budget", "0"], "length of time"),
+        (["--steps", "10", "--time-budget", "1m"], "exclude each other"),
+        (["--ema", "1.5"], "--ema"),
+        (["--tta", "crop"], "--tta"),
+        (["--patch-dropout", "1"], "--patch-dropout"),
+        (["--pos-embed", "rope"], "--pos-embed"),
+    ],
+)
+def test_bad_recipe_flags(flags, words, tmp_path, capsys):
+    try:  # argparse's checks exit; the run's own return 2
+        status = main([*flags, "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path)])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and words in err[0]
+
+
+def test_durations_read_as_seconds():
+    from tinyvit.cli import duration_type
+
+    assert duration_type("30m") == 1800.0
+    assert duration_type("1800") == duration_type("1800s") == duration_type("0.5h") == 1800.0
+
+
+def test_an_explicit_length_replaces_the_recipes_budget():
+    from tinyvit.train import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["--epochs", "3"])).time_budget is None
+    assert config_from_args(parse(["--steps", "30"])).time_budget is None
+    assert config_from_args(parse(["--time-budget", "2m"])).time_budget == 120.0
+
+
+def test_ema_weights_are_tested_and_saved(tmp_path):
+    trainer = Trainer(tiny_config(ema=0.5), synthetic_cifar(), tmp_path, progress=False)
+    trainer.fit()
+    saved = tinyvit.load(tmp_path / "model.npz")
+    for name, average in trainer.ema.averages.items():
+        np.testing.assert_array_equal(dict(saved.named_parameters())[name].data, average)
+    assert trainer.ema.updates == trainer.step

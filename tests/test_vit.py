@@ -383,3 +383,46 @@ def test_model_on_the_gpu_refuses_cpu_images():
     model = small_vit("cuda")
     with pytest.raises(backend.DeviceError):
         model(np.zeros((1, 3, 8, 8)))
+
+
+# ---------------------------------------- fixed position embeddings, token dropping
+
+
+def test_sincos_position_embeddings_are_fixed_and_follow_the_grid():
+    from tinyvit.nn import Buffer
+    from tinyvit.vit import sincos_position_embedding
+
+    model = small_vit(pos_embed="sincos", dim=8)
+    assert isinstance(model.pos_embed, Buffer) and "pos_embed" not in model.state_dict()
+    assert model.num_parameters() == count_parameters(**model.config)
+    assert model.num_parameters() == small_vit().num_parameters() - model.pos_embed.size
+    table = sincos_position_embedding(grid=2, dim=8)[0]  # (1 + 4, 8)
+    np.testing.assert_array_equal(table[0], 0.0)  # the class token's row
+    col, row = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])  # patches row by row
+    omega = 1.0 / 10000.0 ** (np.arange(2) / 1)
+    want = np.concatenate(
+        [np.sin(col[:, None] * omega), np.cos(col[:, None] * omega),
+         np.sin(row[:, None] * omega), np.cos(row[:, None] * omega)], axis=1,
+    )  # fmt: skip
+    np.testing.assert_allclose(table[1:], want, rtol=1e-6)
+    assert model.pos_embed.dtype == np.float64  # moved and cast with the parameters
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ViT(**{**SMALL, "dim": 6, "heads": 2}, pos_embed="sincos")
+
+
+def test_patch_dropout_trains_on_fewer_tokens_and_tests_on_all(xp, device):
+    model = small_vit(device, patch_dropout=0.5, image_size=16)  # 16 patches
+    seen = []
+    original = model.blocks[0].forward
+    model.blocks[0].forward = lambda z: seen.append(z.shape[1]) or original(z)
+    x = xp.asarray(np.random.default_rng(0).standard_normal((2, 3, 16, 16)))
+    model.train()(x)
+    model.eval()(x)
+    assert seen == [1 + 8, 1 + 16]
+    model.train()
+    gradcheck(lambda w: _logits_with_embedding(model, x, w, device), (model.pos_embed,))
+
+
+def _logits_with_embedding(model, x, weight, device):
+    backend.manual_seed(3)  # the same tokens dropped at every evaluation of the check
+    return model(x)

@@ -17,6 +17,7 @@ The package follows the paper's data flow, low to high:
     interop     official Google checkpoints (read and write), new resolutions
     data        CIFAR-10: download, reading, batches, augmentation
     optim       SGD, AdamW, warm-up and cosine decay, gradient clipping
+    ema         a moving average of the weights, for testing
     loop        the one training step and the one evaluation every loop shares
     cli         one-line errors and checked flags for the command lines
     train       the trainer and its command line (python -m tinyvit.train)

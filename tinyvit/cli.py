@@ -50,6 +50,25 @@ def flag_type(kind: Range, name: str | None = None):
     return parse
 
 
+def duration_type(text):
+    """An argparse ``type=`` for a length of time: ``30m``, ``1800``, ``1800s``, ``0.5h`` ->
+    seconds (a positive number)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"must be a length of time such as 30m, 1800s or 0.5h, got {text!r}"
+        )
+    return seconds
+
+
+duration_type.__name__ = "duration"
+
+
 def choice_type(choices, what: str):
     """An argparse ``type=`` for one of ``choices`` that lists them when the value is not one.
 
@@ -68,4 +87,4 @@ def choice_type(choices, what: str):
     return parse
 
 
-__all__ = ["ArgumentParser", "choice_type", "fail", "flag_type"]
+__all__ = ["ArgumentParser", "choice_type", "duration_type", "fail", "flag_type"]

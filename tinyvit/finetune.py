@@ -128,8 +128,8 @@ def with_new_head(model: ViT, num_classes, image_size=None, interpolation="bicub
     dim = config["dim"]
     config = {**config, "num_classes": num_classes, "representation_size": None}
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "pre_logits."))}
-    state["head.weight"] = np.zeros((num_classes, dim), dtype=state["pos_embed"].dtype)
-    state["head.bias"] = np.zeros(num_classes, dtype=state["pos_embed"].dtype)
+    state["head.weight"] = np.zeros((num_classes, dim), dtype=state["cls_token"].dtype)
+    state["head.bias"] = np.zeros(num_classes, dtype=state["cls_token"].dtype)
     new = ViT(**config)
     new.load_state_dict(state)
     return new.to(model.pos_embed.device, model.pos_embed.dtype)

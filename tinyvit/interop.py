@@ -46,15 +46,16 @@ def adapt(config, state_dict, num_classes=None, image_size=None, interpolation="
                 f"image_size {image_size} is not a multiple of the patch size "
                 f"{config['patch_size']}"
             )
-        state["pos_embed"] = resample_pos_embed(
-            state["pos_embed"], image_size // config["patch_size"], interpolation
-        )
+        if "pos_embed" in state:  # a learned E_pos; fixed sin-cos ones are made anew
+            state["pos_embed"] = resample_pos_embed(
+                state["pos_embed"], image_size // config["patch_size"], interpolation
+            )
         config["image_size"] = image_size
     if num_classes is not None and num_classes != config["num_classes"]:
         dim = config["dim"]
         for key in [k for k in state if k.startswith(("head.", "pre_logits."))]:
             del state[key]
-        dtype = state["pos_embed"].dtype
+        dtype = state["cls_token"].dtype
         state["head.weight"] = np.zeros((num_classes, dim), dtype=dtype)
         state["head.bias"] = np.zeros(num_classes, dtype=dtype)
         config["num_classes"], config["representation_size"] = num_classes, None

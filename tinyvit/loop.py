@@ -106,14 +106,17 @@ def uint8_images(images, what="images"):
     return images
 
 
-def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="testing"):
+def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="testing", tta=False):
     """Mean cross-entropy and accuracy of ``model`` on uint8 ``images`` ``(n, C, H, W)``.
 
     Images are normalised as for training and resized to the model's
     resolution (``resample.interpolate``, bilinear) when they differ; the
     model runs in evaluation mode, without a graph, on its own device and in
-    its own dtype, and is put back in the mode it was in. ``progress`` shows
-    a bar. Returns an ``Evaluation(loss, accuracy)``.
+    its own dtype, and is put back in the mode it was in. With ``tta=True``
+    (test-time augmentation) each image is also seen mirrored left to right
+    and the two predicted distributions are averaged: the loss is that of the
+    average, the prediction its largest class. ``progress`` shows a bar.
+    Returns an ``Evaluation(loss, accuracy)``.
     """
     images = uint8_images(images)
     if len(labels) != len(images) or len(images) == 0:
@@ -121,7 +124,7 @@ def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="tes
             f"evaluate needs as many labels as images (at least one), got {len(images)} "
             f"images and {len(labels)} labels"
         )
-    device, dtype = model.pos_embed.device, model.pos_embed.dtype
+    device, dtype = model.cls_token.device, model.cls_token.dtype
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -133,9 +136,19 @@ def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="tes
     try:
         with no_grad():
             for x, y in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
-                logits = model(interpolate(x, model.image_size))  # (B, classes)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += int((logits.data.argmax(axis=1) == y).sum())
+                x = interpolate(x, model.image_size)  # (B, C, H, W) at the model's size
+                if tta:
+                    probs = F.softmax(model(x), axis=1).data  # (B, classes)
+                    probs = 0.5 * (probs + F.softmax(model(x[..., ::-1]), axis=1).data)
+                    xp = backend.xp_of(probs)
+                    picked = probs[xp.arange(len(y)), y]  # the true class's probability
+                    loss_sum += float(-xp.log(xp.maximum(picked, xp.finfo(dtype).tiny)).sum())
+                    predicted = probs.argmax(axis=1)
+                else:
+                    logits = model(x)  # (B, classes)
+                    loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                    predicted = logits.data.argmax(axis=1)
+                correct += int((predicted == y).sum())
     finally:
         model.train(was_training)
     return Evaluation(loss_sum / len(images), correct / len(images))

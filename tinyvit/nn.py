@@ -33,6 +33,15 @@ class Parameter(Tensor):
         super().__init__(data, requires_grad=True)
 
 
+class Buffer(Tensor):
+    """A tensor that a module keeps but does not learn (fixed 2-D sin-cos position
+    embeddings): ``to()`` moves and casts it with the parameters, but it is not a
+    parameter, needs no gradient and is not saved (it is made from the configuration)."""
+
+    def __init__(self, data):
+        super().__init__(data, requires_grad=False)
+
+
 def trunc_normal(shape, std=0.02, dtype=backend.DEFAULT_DTYPE):
     """Normal(0, std) samples redrawn until they lie within two standard deviations.
 
@@ -86,16 +95,20 @@ class Module:
         for _, child in self.named_children():
             yield from child.modules()
 
-    def named_parameters(self, prefix=""):
-        """``(dotted name, Parameter)`` pairs, in the order the attributes were set."""
+    def named_parameters(self, prefix="", kind=Parameter):
+        """``(dotted name, Parameter)`` pairs, in the order the attributes were set
+        (``kind=Buffer``: the buffers instead)."""
         for name, value in vars(self).items():
-            if isinstance(value, Parameter):
+            if isinstance(value, kind):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.")
+                yield from value.named_parameters(f"{prefix}{name}.", kind)
             elif isinstance(value, (list, tuple)) and value and isinstance(value[0], Module):
                 for i, module in enumerate(value):
-                    yield from module.named_parameters(f"{prefix}{name}.{i}.")
+                    yield from module.named_parameters(f"{prefix}{name}.{i}.", kind)
+
+    def buffers(self):
+        return [b for _, b in self.named_parameters(kind=Buffer)]
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -160,13 +173,14 @@ class Module:
         return self.train(False)
 
     def to(self, device_or_dtype=None, dtype=None):
-        """Move every parameter to a device (``"cpu"``/``"cuda"``) and/or cast it; returns self.
+        """Move every parameter and buffer to a device (``"cpu"``/``"cuda"``) and/or cast
+        it; returns self.
 
         ``model.to("cuda")``, ``model.to(numpy.float64)``, ``model.to("cpu", numpy.float32)``.
         """
         device, first_dtype = _dtype_and_device(device_or_dtype)
         dtype = np.dtype(dtype) if dtype is not None else first_dtype
-        for p in self.parameters():
+        for p in self.parameters() + self.buffers():
             if device is not None:
                 p.data = backend.to_device(p.data, device)
             if dtype is not None and p.dtype != dtype:
@@ -328,6 +342,7 @@ class Block(Module):
 __all__ = [
     "Attention",
     "Block",
+    "Buffer",
     "Dropout",
     "GELU",
     "LayerNorm",

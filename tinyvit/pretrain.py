@@ -186,6 +186,12 @@ class MaskedPatchPrediction(Module):
             raise ValueError(
                 f"mean-colour targets need RGB images, but the ViT has {vit.channels} channels"
             )
+        if vit.patch_dropout:
+            raise ValueError(
+                f"masked patch prediction predicts every corrupted patch, but the ViT drops "
+                f"patch tokens in training (patch_dropout {vit.patch_dropout}); build it "
+                "with patch_dropout=0"
+            )
         dim = vit.config["dim"]
         self.vit = vit
         self.mask_token = Parameter(trunc_normal((dim,)))  # the learned [mask] embedding

@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import signal
 import sys
 import threading
@@ -54,10 +55,11 @@ from tqdm import tqdm
 from . import backend, checkpoint, checks, data, files, kernels
 from . import functional as F
 from .checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT
-from .cli import ArgumentParser, choice_type, flag_type
+from .cli import ArgumentParser, choice_type, duration_type, flag_type
+from .ema import ModelEMA
 from .loop import TrainingDiverged, evaluate, step_seed, train_step
 from .optim import SGD, AdamW, WarmupCosine
-from .vit import ALIASES, CONFIGS, ViT, check_config
+from .vit import ALIASES, CONFIGS, POS_EMBEDS, ViT, check_config
 from .vit import config as vit_config
 
 # ---------------------------------------------------------------------------
@@ -74,6 +76,8 @@ MODEL_OVERRIDES = {
     "pool": ("cls", "mean"),
     "gelu": ("none", "tanh"),
     "dropout": FRACTION,
+    "pos_embed": POS_EMBEDS,
+    "patch_dropout": FRACTION,
 }
 
 
@@ -101,6 +105,10 @@ class TrainConfig:
     eval_batch_size: int = 500
     device: str = "cpu"
     seed: int = 0
+    steps: int | None = None  # optimizer steps in all; None: epochs x steps per epoch
+    time_budget: float | None = None  # seconds: the run sets its steps to end within it
+    ema: float = 0.0  # decay of the moving average of the weights that is tested (0: off)
+    tta: str = "none"  # "flip": the final test averages each image and its mirror image
 
     def model_config(self, num_classes=None) -> dict:
         """The ``ViT`` arguments of this run's model (``num_classes``: the data set's)."""
@@ -122,8 +130,8 @@ class TrainConfig:
         try:
             for name, kind in SETTINGS.items():
                 value = getattr(self, name)
-                if value is None and name in ("train_limit", "test_limit"):
-                    continue  # None: all of them
+                if value is None and name in OPTIONAL:
+                    continue  # None: all of them, or not set
                 if isinstance(kind, checks.Range):
                     kind.check(name, value)
                 else:
@@ -152,7 +160,12 @@ class TrainConfig:
                 f"min_lr {self.min_lr:g} is above lr {self.lr:g}: the cosine decay would climb; "
                 "lower --min-lr or raise --lr"
             )
-        if self.warmup_epochs > self.epochs:
+        if self.steps is not None and self.time_budget is not None:
+            raise RunError(
+                "steps and time_budget exclude each other: fix the number of steps, or let the "
+                "time budget choose it"
+            )
+        if self.warmup_epochs > self.epochs and self.steps is None and self.time_budget is None:
             raise RunError(
                 f"the warm-up ({self.warmup_epochs:g} epochs, --warmup-epochs) is longer than "
                 f"the run ({self.epochs} epochs, --epochs)"
@@ -182,7 +195,12 @@ SETTINGS = {
     "eval_batch_size": POSITIVE_INT,
     "device": backend.DEVICES,
     "seed": NONNEGATIVE_INT,
+    "steps": POSITIVE_INT,
+    "time_budget": POSITIVE,
+    "ema": FRACTION,
+    "tta": ("none", "flip"),
 }
+OPTIONAL = ("train_limit", "test_limit", "steps", "time_budget")  # None is allowed
 
 
 RECIPES = {
@@ -218,6 +236,14 @@ RECIPES = {
         test_limit=500,
     ),
 }
+
+
+# A time budget: the run times its steps (from the 5th: the first few are slower;
+# at least 25 of them), and keeps a margin of 2% for what it does not time (loading
+# the data, the final save).
+BUDGET_STEPS = (5, 25)
+BUDGET_MARGIN = 0.02
+PLOT_SECONDS = 0.5  # drawing curves.png, when it has not been timed yet
 
 
 class RunError(ValueError):
@@ -292,7 +318,10 @@ class Trainer:
                 f"batch size {c.batch_size} is larger than the {len(self.y_train)} "
                 "training examples"
             )
-        self.total_steps = c.epochs * self.steps_per_epoch
+        # With a time budget this is provisional: the run measures its speed over its
+        # first steps and then sets the number of steps (``fit_time_budget``).
+        self.planned = c.time_budget is None  # the number of steps is settled
+        self.set_total_steps(c.steps or c.epochs * self.steps_per_epoch)
 
         backend.manual_seed(c.seed)  # the initial weights
         self.model = ViT(**c.model_config(num_classes=self.num_classes))
@@ -307,8 +336,7 @@ class Trainer:
                 nesterov=True,
                 weight_decay=c.weight_decay,
             )
-        warmup = min(self.total_steps, round(c.warmup_epochs * self.steps_per_epoch))
-        self.schedule = WarmupCosine(c.lr, self.total_steps, warmup, c.min_lr)
+        self.ema = ModelEMA(self.model, c.ema) if c.ema else None
 
         # where the run is, and what it has seen so far
         self.epoch, self.batch, self.step = 0, 0, 0
@@ -319,6 +347,22 @@ class Trainer:
         self._stop_requested = False
         self._saving = False
         self._started = time.perf_counter()
+        self._step_seconds = []  # the first steps' times, for a time budget
+        if not self.planned:
+            from . import viz  # noqa: F401  (imported now, not inside the first timed epoch)
+
+    def set_total_steps(self, total_steps) -> None:
+        """The run's length in steps, and the schedule over it: a linear warm-up of
+        ``warmup_epochs`` (at most the whole run), then cosine decay to ``min_lr``."""
+        c = self.config
+        self.total_steps = int(total_steps)
+        warmup = min(self.total_steps, round(c.warmup_epochs * self.steps_per_epoch))
+        self.schedule = WarmupCosine(c.lr, self.total_steps, warmup, c.min_lr)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs in the run, the last one possibly cut short."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -341,11 +385,15 @@ class Trainer:
             epoch=self.epoch,
             batch=self.batch,
             step=self.step,
+            total_steps=self.total_steps,
+            planned=self.planned,
             sums=self.sums,
             history=self.history,
             elapsed=self.elapsed + (time.perf_counter() - self._started),
         )
         extra = {f"optim/{k}": v for k, v in self.optimizer.state_dict().items()}
+        if self.ema is not None:
+            extra.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
         extra["trainer/state"] = np.array(json.dumps(state))
         with self._writing():
             checkpoint.save(self.model, self.checkpoint_path, extra=extra)
@@ -362,6 +410,7 @@ class Trainer:
             state = json.loads(str(arrays["trainer/state"]))
             saved = state["config"]
             position = {k: state[k] for k in ("epoch", "batch", "step", "sums", "history")}
+            total_steps, planned = int(state["total_steps"]), bool(state["planned"])
             elapsed = float(state["elapsed"])
         except json.JSONDecodeError as error:
             raise checkpoint.CheckpointError(
@@ -384,10 +433,16 @@ class Trainer:
             self.optimizer.load_state_dict(
                 {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
             )
+            if self.ema is not None:
+                self.ema.load_state_dict(
+                    {k[len("ema/") :]: v for k, v in arrays.items() if k.startswith("ema/")}
+                )
         except (KeyError, ValueError) as error:
             raise checkpoint.CheckpointError(f"{path}: {error}") from None
         self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
         self.sums, self.history, self.elapsed = position["sums"], position["history"], elapsed
+        self.set_total_steps(total_steps)
+        self.planned = planned
         self.saved = (self.epoch, self.batch, self.step)
 
     # -- the loop ------------------------------------------------------------
@@ -418,11 +473,14 @@ class Trainer:
             self.model, self.optimizer, forward, step=self.step, lr=self.schedule(self.step),
             clip=c.clip_grad, seed=c.seed,
         )  # fmt: skip
+        if self.ema is not None:
+            self.ema.update(self.model)
         labels = y if y.ndim == 1 else y.argmax(axis=1)  # mixup/cutmix: the main class
         correct = int((logits.data.argmax(axis=1) == labels).sum())
         return loss, correct
 
     def train_epoch(self):
+        """Train to the end of this epoch (or of the run, or until Ctrl-C: then False)."""
         c = self.config
         batches = data.batches(
             self.x_train,
@@ -439,9 +497,9 @@ class Trainer:
         )
         bar = tqdm(
             batches,
-            total=self.steps_per_epoch,
+            total=min(self.steps_per_epoch, self.total_steps - self.epoch * self.steps_per_epoch),
             initial=self.batch,
-            desc=f"epoch {self.epoch + 1}/{c.epochs}",
+            desc=f"epoch {self.epoch + 1}/{self.epochs}",
             disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
@@ -455,6 +513,12 @@ class Trainer:
             self.sums["correct"] += correct
             self.sums["seen"] += n
             self.sums["seconds"] += now - tick
+            if not self.planned:
+                self._step_seconds.append(now - tick)
+                if self.plan_now():
+                    self.fit_time_budget(self.measured_step_seconds(), self.per_epoch_estimate())
+                    bar.total = min(self.steps_per_epoch, self.total_steps)
+                now = time.perf_counter()
             tick = now
             self.batch += 1
             self.step += 1
@@ -468,16 +532,104 @@ class Trainer:
             if self._stop_requested:
                 bar.close()
                 return False
+            if self.step >= self.total_steps:  # the run ends inside this epoch
+                break
         bar.close()
         return True
 
-    def end_epoch(self):
+    def fit_time_budget(self, step_seconds, per_epoch_seconds) -> None:
+        """Set the number of steps so that training, the test after every epoch and the
+        files written with it all end within ``time_budget``.
+
+        ``step_seconds`` and ``per_epoch_seconds`` (a test and the saves) are
+        measured on this run. The plan is made once, before the learning rate
+        depends on the run's length (during the warm-up), and kept in the
+        checkpoint, so a resumed run goes on with it.
+        """
+        c = self.config
+        spent = self.elapsed + (time.perf_counter() - self._started)
+        left = c.time_budget * (1.0 - BUDGET_MARGIN) - spent
+
+        final = 2 * per_epoch_seconds if c.tta == "flip" else 0.0  # the flipped test at the end
+
+        def needed(total):  # seconds from now to the end of a run of `total` steps
+            tests = math.ceil(total / self.steps_per_epoch) - self.epoch
+            return (total - self.step) * step_seconds + tests * per_epoch_seconds + final
+
+        low, high = self.step + 1, self.step + 2 + int(max(left, 0.0) / step_seconds)
+        while high - low > 1:  # the largest total that fits: needed() grows with it
+            middle = (low + high) // 2
+            low, high = (middle, high) if needed(middle) <= left else (low, middle)
+        exact = self.step <= self.schedule.warmup  # no learning rate has depended on the length
+        self.set_total_steps(low)
+        self.planned = True
+        again = "step for step" if exact else "but for the learning rates of its first steps"
+        self.log(
+            f"time budget {c.time_budget / 60:.3g} min: {step_seconds:.3f} s a step, "
+            f"{per_epoch_seconds:.1f} s to test and save, {spent:.0f} s spent: {low:,} steps "
+            f"({low / self.steps_per_epoch:.2f} epochs). The same run again, {again}: "
+            f"--steps {low} instead of --time-budget"
+        )
+
+    def elapsed_minutes(self) -> float:
+        """Minutes of this run so far, across resumes."""
+        return (self.elapsed + time.perf_counter() - self._started) / 60
+
+    def plan_now(self) -> bool:
+        """Whether a time budget is to be planned during this step: when the warm-up
+        ends inside the first epoch (else at that epoch's end, ``end_epoch``)."""
+        warmup = round(self.config.warmup_epochs * self.steps_per_epoch)
+        return (
+            not self.planned
+            and self.step + 1 == max(BUDGET_STEPS[1], warmup)
+            and self.step + 1 < self.steps_per_epoch
+        )
+
+    def per_epoch_estimate(self) -> float:
+        """Seconds to test and save, before any epoch has ended: a test on a sample of
+        the test images, timed, and a checkpoint written (as on Ctrl-C), timed."""
         c = self.config
         tick = time.perf_counter()
-        test_loss, test_acc = evaluate(
-            self.model, self.x_test, self.y_test, batch_size=c.eval_batch_size,
-            progress=self.progress, desc=f"epoch {self.epoch + 1}/{c.epochs}: testing",
-        )  # fmt: skip
+        sample = min(len(self.y_test), 2 * c.eval_batch_size)
+        self.test(limit=sample)
+        test_seconds = (time.perf_counter() - tick) * len(self.y_test) / sample
+        tick = time.perf_counter()
+        self.save_checkpoint()
+        return test_seconds + (time.perf_counter() - tick) + PLOT_SECONDS
+
+    def measured_step_seconds(self) -> float:
+        """The median time of this process's first steps (the very first are slower)."""
+        return float(np.median(self._step_seconds[BUDGET_STEPS[0] :] or self._step_seconds))
+
+    def test(self, limit=None, desc="testing", tta=False):
+        """``evaluate`` on the test images (the first ``limit``), with the EMA's weights when
+        the run keeps one (and, with ``tta``, each image also seen mirrored)."""
+        c = self.config
+        averaged = self.ema.applied_to(self.model) if self.ema else contextlib.nullcontext()
+        with averaged:
+            return evaluate(
+                self.model, self.x_test[:limit], self.y_test[:limit],
+                batch_size=c.eval_batch_size, progress=self.progress and limit is None,
+                desc=desc, tta=tta,
+            )  # fmt: skip
+
+    def final_test(self) -> None:
+        """With ``tta="flip"``: the finished model tested on each image and its mirror
+        image, recorded in the last epoch's record (the test after every epoch is plain:
+        twice its cost in every epoch would buy less than a longer run)."""
+        if self.config.tta != "flip" or not self.history or "test_acc_tta" in self.history[-1]:
+            return
+        loss, accuracy = self.test(desc="testing with flips", tta=True)
+        self.history[-1].update(test_loss_tta=loss, test_acc_tta=accuracy)
+        self.log(
+            f"with flip test-time augmentation: test loss {loss:.4f} acc {100 * accuracy:.2f}%"
+        )
+        self.save_checkpoint()
+        self.write_metrics()
+
+    def end_epoch(self):
+        tick = time.perf_counter()
+        test_loss, test_acc = self.test(desc=f"epoch {self.epoch + 1}/{self.epochs}: testing")
         s = self.sums
         record = dict(
             epoch=self.epoch + 1,
@@ -495,13 +647,16 @@ class Trainer:
         self.epoch, self.batch = self.epoch + 1, 0
         self.sums = dict(loss=0.0, correct=0.0, seen=0, seconds=0.0)
         self.log(
-            f"epoch {record['epoch']:>3}/{c.epochs}  train loss {record['train_loss']:.4f} "
+            f"epoch {record['epoch']:>3}/{self.epochs}  train loss {record['train_loss']:.4f} "
             f"acc {100 * record['train_acc']:.2f}%  |  test loss {test_loss:.4f} "
             f"acc {100 * test_acc:.2f}%  |  {record['train_images_per_s']:.0f} img/s  "
             f"{record['elapsed_seconds'] / 60:.1f} min"
         )
         self.save_checkpoint()
         self.write_metrics()
+        if not self.planned:  # a time budget, planned with this epoch's timings
+            self.fit_time_budget(self.measured_step_seconds(), time.perf_counter() - tick)
+            self.save_checkpoint()  # with the plan, for a resumed run
 
     def write_metrics(self):
         """``metrics.jsonl`` and ``curves.png`` from the history, each written atomically."""
@@ -569,27 +724,37 @@ class Trainer:
             else:
                 self.log(f"nothing to resume in {self.out}: starting afresh")
         c = self.config
+        length = (
+            f"{self.epochs} epochs"
+            if self.planned
+            else f"as many steps as fit in {c.time_budget / 60:.3g} minutes"
+        )
+        extras = [f"EMA {c.ema:g}"] if c.ema else []
+        extras += ["a final test with flips"] if c.tta == "flip" else []
         self.log(
             f"{c.describe_model()}: {self.model.num_parameters():,} parameters, "
             f"{len(self.y_train):,} training images, {self.steps_per_epoch} steps per epoch, "
-            f"{c.epochs} epochs, on {c.device}; {kernels.describe(c.device)}"
+            f"{length}{''.join(', ' + e for e in extras)}, on {c.device}; "
+            f"{kernels.describe(c.device)}"
         )
         # Ctrl-C asks for a clean stop (signals reach only the main thread)
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_interrupt) if in_main else None
         try:
-            while self.epoch < c.epochs:
+            while self.step < self.total_steps:
                 if self.train_epoch():
                     self.end_epoch()
                 else:
                     self.save_checkpoint()
-                if self._stop_requested and self.epoch < c.epochs:
+                if self._stop_requested and self.step < self.total_steps:
                     self.log(
                         f"stopped at epoch {self.epoch + 1}, batch {self.batch}; saved "
                         f"{self.checkpoint_path}. Continue with the same command and --resume."
                     )
                     return self.history
-            with self._writing():
+            self.final_test()
+            averaged = self.ema.applied_to(self.model) if self.ema else contextlib.nullcontext()
+            with self._writing(), averaged:  # the weights that were tested
                 checkpoint.save(self.model, self.out / MODEL)
         except TrainingDiverged as error:
             error.epoch, error.advice = self.epoch + 1, self._divergence_advice()
@@ -599,9 +764,13 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         if self.history:
             best = max(r["test_acc"] for r in self.history)
+            last = self.history[-1]
+            flipped = (
+                f", {100 * last['test_acc_tta']:.2f}% with flips" if "test_acc_tta" in last else ""
+            )
             self.log(
-                f"done: final test accuracy {100 * self.history[-1]['test_acc']:.2f}% "
-                f"(best {100 * best:.2f}%), {self.history[-1]['elapsed_seconds'] / 60:.1f} min; "
+                f"done: final test accuracy {100 * last['test_acc']:.2f}%{flipped} "
+                f"(best {100 * best:.2f}%), {self.elapsed_minutes():.1f} min; "
                 f"model in {self.out / MODEL}"
             )
         return self.history
@@ -630,6 +799,12 @@ HELP = {
     "eval_batch_size": "images per batch when testing",
     "device": "where to train",
     "seed": "the seed of the weights, the data order, the augmentation and dropout",
+    "steps": "optimizer steps in all, instead of --epochs (the last epoch may be cut short)",
+    "time_budget": "wall time for the whole run, e.g. 30m: it times its first steps and a "
+    "test, then sets --steps to end within it (its log says how many, to repeat the run)",
+    "ema": "test (and save) a moving average of the weights with this decay, e.g. 0.999 (0: off)",
+    "tta": "test-time augmentation: flip tests the finished model on each image and its "
+    "mirror image (the test after every epoch stays plain)",
 }
 
 
@@ -690,19 +865,16 @@ def build_parser() -> argparse.ArgumentParser:
         heads="the number of heads", mlp_dim="the MLP's hidden width",
         pool="cls (the class token) or mean (the patch tokens' average)",
         gelu="the GELU: none (exact) or tanh", dropout="dropout in the blocks",
+        pos_embed="position embeddings: learn (E_pos, learned) or sincos (fixed 2-D sin-cos)",
+        patch_dropout="train on a random 1 - X of each image's patch tokens (PatchDropout)",
     )  # fmt: skip
-    for name, kind in MODEL_OVERRIDES.items():
+    flags = [(n, k, f"{words[n]}; {_model_defaults(n)}") for n, k in MODEL_OVERRIDES.items()]
+    flags += [(n, k, f"{HELP[n]} ({_defaults(n)})") for n, k in SETTINGS.items()]
+    for name, kind, help_text in flags:
         flag = f"--{name.replace('_', '-')}"
-        help_text = f"{words[name]}; {_model_defaults(name)}"
-        if isinstance(kind, checks.Range):
-            metavar = "N" if kind.kind is int else "X"
-            p.add_argument(flag, type=flag_type(kind), metavar=metavar, help=help_text)
-        else:
-            p.add_argument(flag, choices=kind, help=help_text)
-    for name, kind in SETTINGS.items():
-        flag = f"--{name.replace('_', '-')}"
-        help_text = f"{HELP[name]} ({_defaults(name)})"
-        if isinstance(kind, checks.Range):
+        if name == "time_budget":
+            p.add_argument(flag, type=duration_type, metavar="TIME", help=help_text)
+        elif isinstance(kind, checks.Range):
             metavar = "N" if kind.kind is int else "X"
             p.add_argument(flag, type=flag_type(kind), metavar=metavar, help=help_text)
         else:
@@ -743,6 +915,10 @@ def config_from_args(args) -> TrainConfig:
         value = getattr(args, f.name, None)
         if value is not None and f.name != "model_overrides":
             values[f.name] = value
+    if args.time_budget is None and (args.epochs is not None or args.steps is not None):
+        values["time_budget"] = None  # a length asked for replaces the recipe's time budget
+    if args.steps is None and args.time_budget is not None:
+        values["steps"] = None
     return TrainConfig(**values)
 
 
@@ -776,7 +952,7 @@ def main(argv=None) -> int:
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0 if trainer.epoch >= config.epochs else 130  # 130: stopped by Ctrl-C
+    return 0 if trainer.step >= trainer.total_steps else 130  # 130: stopped by Ctrl-C
 
 
 __all__ = [

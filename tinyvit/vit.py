@@ -31,7 +31,7 @@ import numpy as np
 
 from . import backend, checks
 from . import functional as F
-from .nn import Block, Dropout, LayerNorm, Linear, Module, Parameter, trunc_normal
+from .nn import Block, Buffer, Dropout, LayerNorm, Linear, Module, Parameter, trunc_normal
 from .tensor import Tensor, concatenate
 
 
@@ -103,6 +103,8 @@ def check_config(
     emb_dropout=0.0,
     gelu="none",
     representation_size=None,
+    pos_embed="learn",
+    patch_dropout=0.0,
 ) -> None:
     """Check ``ViT``'s arguments without building anything; a ValueError or TypeError
     names the argument, what it must be and what it is."""
@@ -111,10 +113,13 @@ def check_config(
         depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels,
     ).items():  # fmt: skip
         checks.POSITIVE_INT.check(f"ViT: {name}", value)
-    for name, value in dict(dropout=dropout, emb_dropout=emb_dropout).items():
+    for name, value in dict(
+        dropout=dropout, emb_dropout=emb_dropout, patch_dropout=patch_dropout
+    ).items():
         checks.FRACTION.check(f"ViT: {name}", value)
     checks.one_of("ViT: pool", pool, ("cls", "mean"))
     checks.one_of("ViT: gelu", gelu, ("none", "tanh"))
+    checks.one_of("ViT: pos_embed", pos_embed, POS_EMBEDS)
     if representation_size is not None:
         checks.POSITIVE_INT.check("ViT: representation_size", representation_size)
     if image_size % patch_size:
@@ -129,6 +134,35 @@ def check_config(
             f"ViT: heads {heads} does not divide dim {dim}: each head takes dim / heads "
             f"features (head counts that fit: {fits})"
         )
+    if pos_embed == "sincos" and dim % 4:
+        raise ValueError(
+            f"ViT: pos_embed 'sincos' needs dim divisible by 4 (sin and cos of the row and "
+            f"the column), got dim {dim}"
+        )
+
+
+POS_EMBEDS = ("learn", "sincos")
+
+
+def sincos_position_embedding(grid, dim, temperature=10000.0, num_prefix_tokens=1):
+    """Fixed 2-D sin-cos position embeddings, ``(1, num_prefix_tokens + grid**2, dim)``.
+
+    As in "Better plain ViT baselines for ImageNet-1k" (Beyer et al. 2022):
+    a quarter of the width each for ``sin`` and ``cos`` of the patch's column
+    and of its row, at ``dim / 4`` frequencies from 1 down to ``1 /
+    temperature``; the class token's row is zero. Nothing to learn, and two
+    patches' embeddings are more alike the nearer they are.
+    """
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (np.arange(quarter) / max(quarter - 1, 1))  # (dim/4,)
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    col_angles = cols.reshape(-1, 1) * omega  # (N, dim/4)
+    row_angles = rows.reshape(-1, 1) * omega  # (N, dim/4)
+    table = np.concatenate(
+        [np.sin(col_angles), np.cos(col_angles), np.sin(row_angles), np.cos(row_angles)], axis=1
+    )  # (N, dim), patches row by row as patchify orders them
+    prefix = np.zeros((num_prefix_tokens, dim))
+    return np.concatenate([prefix, table])[None].astype(backend.DEFAULT_DTYPE)
 
 
 class ViT(Module):
@@ -136,13 +170,18 @@ class ViT(Module):
 
     ``ViT(image_size, patch_size, num_classes, dim, depth, heads, mlp_dim,
     pool="cls" | "mean", channels=3, dropout=0.0, emb_dropout=0.0,
-    gelu="none" | "tanh", representation_size=None)``.
+    gelu="none" | "tanh", representation_size=None, pos_embed="learn" | "sincos",
+    patch_dropout=0.0)``.
 
     ``model(images)`` takes a ``(B, C, H, W)`` batch (a Tensor or an array)
     and returns ``(B, num_classes)`` logits. ``pool="mean"`` averages the
     patch tokens (the class token is still there, as in timm's
     ``global_pool="avg"`` without ``fc_norm``). ``representation_size`` adds
-    the ``pre_logits`` layer of ImageNet-21k checkpoints.
+    the ``pre_logits`` layer of ImageNet-21k checkpoints. Two options of
+    timm's: ``pos_embed="sincos"`` replaces the learned ``E_pos`` by fixed 2-D
+    sin-cos embeddings (``sincos_position_embedding``), and ``patch_dropout=p``
+    trains on a random ``1 - p`` of each image's patch tokens
+    (``functional.patch_dropout``; all of them in evaluation).
     """
 
     def __init__(
@@ -160,13 +199,9 @@ class ViT(Module):
         emb_dropout=0.0,
         gelu="none",
         representation_size=None,
+        pos_embed="learn",
+        patch_dropout=0.0,
     ):
-        check_config(
-            image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim,
-            depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
-            dropout=dropout, emb_dropout=emb_dropout, gelu=gelu,
-            representation_size=representation_size,
-        )  # fmt: skip
         self.config = dict(
             image_size=image_size,
             patch_size=patch_size,
@@ -181,14 +216,21 @@ class ViT(Module):
             emb_dropout=emb_dropout,
             gelu=gelu,
             representation_size=representation_size,
+            pos_embed=pos_embed,
+            patch_dropout=patch_dropout,
         )
+        check_config(**self.config)
         self.image_size, self.channels, self.pool = image_size, channels, pool
+        self.patch_dropout = patch_dropout
         num_patches = (image_size // patch_size) ** 2
         rng = backend.default_generator("cpu")
         dtype = backend.DEFAULT_DTYPE
         # Parameters in timm's order, so that state_dict() lists them as timm does.
         self.cls_token = Parameter((rng.standard_normal((1, 1, dim)) * 1e-6).astype(dtype))
-        self.pos_embed = Parameter(trunc_normal((1, num_patches + 1, dim)))  # E_pos
+        if pos_embed == "learn":
+            self.pos_embed = Parameter(trunc_normal((1, num_patches + 1, dim)))  # E_pos
+        else:  # fixed, not learned
+            self.pos_embed = Buffer(sincos_position_embedding(image_size // patch_size, dim))
         self.patch_embed = PatchEmbed(image_size, patch_size, channels, dim)
         self.pos_drop = Dropout(emb_dropout)
         self.blocks = [Block(dim, heads, mlp_dim, dropout, gelu) for _ in range(depth)]
@@ -242,6 +284,8 @@ class ViT(Module):
         cls = self.cls_token.broadcast_to((B, 1, patches.shape[2]))  # (B, 1, D): x_class
         z = concatenate([cls, patches], axis=1) + self.pos_embed  # (B, N+1, D): Eq. 1
         z = self.pos_drop(z)
+        if self.patch_dropout and self.training:  # (B, 1 + K, D): K patches kept
+            z = F.patch_dropout(z, self.patch_dropout)
         for block in self.blocks:  # Eq. 2-3
             z = block(z)
         return self.norm(z)  # LN of Eq. 4, applied to every token
@@ -366,14 +410,16 @@ def count_parameters(
     mlp_dim,
     channels=3,
     representation_size=None,
+    pos_embed="learn",
     **_,
 ):
     """The number of parameters of a ViT, counted from its configuration alone.
 
     Patch projection ``P^2 C D + D``; class token ``D``; position embedding
-    ``(N + 1) D``; per block two LayerNorms (``4D``), ``qkv`` (``3D^2 + 3D``),
-    ``proj`` (``D^2 + D``), the MLP (``2 D M + M + D``); the final LayerNorm
-    (``2D``), the optional pre-logits layer and the head.
+    ``(N + 1) D`` (none when it is the fixed sin-cos one); per block two
+    LayerNorms (``4D``), ``qkv`` (``3D^2 + 3D``), ``proj`` (``D^2 + D``), the
+    MLP (``2 D M + M + D``); the final LayerNorm (``2D``), the optional
+    pre-logits layer and the head.
     """
     N = (image_size // patch_size) ** 2
     D, M = dim, mlp_dim
@@ -384,7 +430,7 @@ def count_parameters(
         patch_size**2 * channels * D
         + D
         + D
-        + (N + 1) * D
+        + ((N + 1) * D if pos_embed == "learn" else 0)
         + depth * block
         + 2 * D
         + pre
