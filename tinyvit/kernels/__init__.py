@@ -102,7 +102,8 @@ def describe(device: str = "cpu") -> str:
         return f"kernels: reference ({ENVIRONMENT}=reference: every op on functional.py's code)"
     if not names:
         return f"kernels: reference (no kernels for {device} yet)"
-    how = f", {cpu_runtime.num_threads()} threads" if device == "cpu" else ""
+    threads = cpu_runtime.num_threads()
+    how = f", {threads} thread{'s' if threads > 1 else ''}" if device == "cpu" else ""
     return f"kernels: {device} ({', '.join(names)}{how})"
 
 
