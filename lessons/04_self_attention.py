@@ -140,7 +140,7 @@ print(
 # %%
 row_sums = backend.to_numpy(A_hand.data.sum(axis=-1))  # (B, heads, N)
 print(f"\nrow sums of A: min {row_sums.min():.15f}, max {row_sums.max():.15f}")
-order = rng.permutation(N)
+order = backend.to_device(rng.permutation(N), z.device)  # indices live where z does
 _, A_permuted = msa_by_hand(z[:, order], *params, heads)
 same = float(abs(A_permuted.data - A_hand.data[:, :, order][:, :, :, order]).max())
 print(f"tokens permuted: A permuted the same way (max difference {same:.1e})")

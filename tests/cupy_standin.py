@@ -92,12 +92,18 @@ moves off its ends (``tanh(30)`` stays 1, ``expm1(-30)`` stays -1). CUDA's
 ``sqrtf`` is correctly rounded by default, so nudging ``sqrt`` is
 deliberately pessimistic; pass ``functions=`` to choose.
 
-``install()`` makes ``tinyvit.backend`` use the stand-in: it sets
-``backend.cupy`` (``cuda_available``, ``is_cuda_array`` and ``xp_of`` read
-it) and puts the stand-in in ``sys.modules`` as ``cupy`` and ``cupyx``
-(``backend.scatter_add`` imports ``cupyx`` when it runs). ``uninstall()``
-undoes it; installs nest. ``tests/run_with_standin.py`` runs a lesson or
-``-m tinyvit.train`` this way.
+``install()`` makes ``tinyvit.backend`` use the stand-in, through
+``backend.use_cupy(standin_cupy, standin_cupyx)`` (``cuda_available``,
+``is_cuda_array``, ``xp_of`` and ``scatter_add`` read the module-level
+``cupy`` and ``cupyx`` it sets); ``sys.modules`` is left alone.
+``uninstall()`` undoes it; installs nest. ``tests/conftest.py`` installs it
+for the whole suite when CuPy is installed but finds no GPU, and
+``tests/run_with_standin.py`` runs a lesson or ``-m tinyvit.train`` on it.
+
+``cupyx.scipy.special`` offers ``erf``, ``erfc`` and ``ndtr`` (the normal
+CDF), which NumPy lacks: computed in float64 with Python's ``math`` and
+rounded to the input's float type, and nudged like the functions above
+(CUDA documents 2, 4 and 5 ulp for ``erff``, ``erfcf`` and ``normcdff``).
 
 Sources read (CuPy 14.2.0; the wheel ships only compiled modules, so the
 ``.pyx`` sources are those of the cupy/cupy repository, checked against the
@@ -117,6 +123,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import re
 import sys
 import threading
@@ -187,6 +194,7 @@ def counting():
 
 NUDGED = frozenset(
     {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "tanh", "sqrt", "sin", "cos", "power"}
+    | {"erf", "erfc", "ndtr"}  # cupyx.scipy.special: CUDA's erff, erfcf, normcdff
 )
 _nudge: list[tuple] = []  # (ulps, seed, function names); the last one applies
 
@@ -220,6 +228,7 @@ def _direction_up(name, inputs, shape, seed):
 # CUDA keeps these within their mathematical range, and saturates exactly onto its ends
 # (tanhf(30) is 1, expm1f(-30) is -1): results there are not moved.
 _RANGES = {"expm1": (-1.0, np.inf), "tanh": (-1.0, 1.0), "sin": (-1.0, 1.0), "cos": (-1.0, 1.0)}
+_RANGES.update({"erf": (-1.0, 1.0), "erfc": (0.0, 2.0), "ndtr": (0.0, 1.0)})
 
 
 def _nudge_plan(name, inputs):
@@ -1114,6 +1123,40 @@ class ufunc:
         a._scatter(ops[self.__name__], indices, b)
 
 
+class _SpecialUfunc(ufunc):
+    """A ufunc of ``cupyx.scipy.special`` (types ``f->f`` and ``d->d``), which NumPy lacks:
+    computed element by element in float64 with Python's ``math`` (within an ulp of
+    the exact value), then rounded to the input's float type. Slow, but the stand-in's
+    arrays are test-sized."""
+
+    def __init__(self, name, real, scalar_function):
+        self.__name__ = name
+        self.name = real.name if hasattr(real, "name") else name
+        self.nin, self.nout, self.nargs = real.nin, real.nout, real.nargs
+        self.__doc__ = real.__doc__
+        elementwise = np.frompyfunc(scalar_function, 1, 1)
+
+        def compute(x, out=None, dtype=None, casting=None):
+            x = np.asarray(x)
+            single = x.dtype in (np.float16, np.float32)  # f->f, and d->d for the rest
+            kind = np.dtype(dtype if dtype is not None else np.float32 if single else np.float64)
+            values = elementwise(x.astype(np.float64)).astype(np.float64).astype(kind)
+            if out is not None and out[0] is not None:
+                out[0][...] = values
+                return out[0]
+            return values
+
+        compute.__name__ = name
+        self._numpy = compute
+
+
+_SPECIAL_FUNCTIONS = {
+    "erf": math.erf,
+    "erfc": math.erfc,
+    "ndtr": lambda v: 0.5 * math.erfc(-v / math.sqrt(2.0)),
+}
+
+
 def _matmul_function(real):
     """``cupy.matmul`` (a generalised ufunc in CuPy): device operands only, one cuBLAS call."""
     sig = signature_of(real)
@@ -1253,16 +1296,42 @@ def _unwrap_sequence(x):
 # ---------------------------------------------------------------------------
 
 
+class _BitGenerator:
+    """``cupy.random.XORWOW`` and its kin: a seed, and one launch that sets up the states.
+
+    The stream is NumPy's Philox keyed by the seed and the generator's kind, so the
+    same seed gives other numbers than ``numpy.random.default_rng`` (as on a GPU)
+    and than another kind of bit generator.
+    """
+
+    kind = "XORWOW"
+
+    def __init__(self, seed=None, *, size=-1):
+        key = None if seed is None else [int(seed), zlib.crc32(self.kind.encode())]
+        self._numpy = np.random.Philox(key)
+        _count(launches=1)  # curand's state set-up kernel
+
+
+def _bit_generator_class(name):
+    return type(name, (_BitGenerator,), {"kind": name, "__doc__": f"``cupy.random.{name}``."})
+
+
 class Generator:
     """``cupy.random.Generator``: only the real one's methods, drawn by NumPy's Philox.
 
-    Philox rather than NumPy's default PCG64, so that the same seed does not
-    give the same numbers as ``numpy.random.default_rng`` (CuPy's XORWOW
-    does not either). Each draw is one launch; results are stand-in arrays.
+    ``Generator(bit_generator)`` takes one of the stand-in's bit generators
+    (``default_rng(seed)`` makes an ``XORWOW``, as CuPy does). Philox rather
+    than NumPy's default PCG64, so that the same seed does not give the same
+    numbers as ``numpy.random.default_rng``. Each draw is one launch; results
+    are stand-in arrays.
     """
 
-    def __init__(self, seed=None):
-        self._numpy = np.random.Generator(np.random.Philox(seed))
+    def __init__(self, bit_generator):
+        if not isinstance(bit_generator, _BitGenerator):
+            raise TypeError(
+                f"cupy.random.Generator takes a CuPy BitGenerator, not {type(bit_generator)}"
+            )
+        self._numpy = np.random.Generator(bit_generator._numpy)
 
     def __getattr__(self, name):
         with _real_modules():
@@ -1297,8 +1366,14 @@ def _random_namespace(real):
     real.Generator  # noqa: B018  (loads lazily, by importing cupy: do it while cupy is real)
     state = [np.random.RandomState(np.random.MT19937(0))]
 
+    bit_generators = {
+        name: _bit_generator_class(name)
+        for name in ("XORWOW", "MRG32k3a", "Philox4x3210")
+        if hasattr(real, name)
+    }
+
     def default_rng(seed=None):
-        return Generator(seed)
+        return Generator(bit_generators["XORWOW"](seed))
 
     def seed(seed=None):
         state[0] = np.random.RandomState(np.random.MT19937(seed))
@@ -1321,6 +1396,7 @@ def _random_namespace(real):
         return draw
 
     overrides = {"default_rng": default_rng, "Generator": Generator, "seed": seed}
+    overrides.update(bit_generators)
     return _Namespace("cupy.random", real, np.random, overrides, make_function=legacy)
 
 
@@ -1551,6 +1627,7 @@ def build():
         return _MODULES["cupy"]
     cupy = _real()
     import cupyx
+    import cupyx.scipy.special  # noqa: F401  (the real one, read for names and signatures)
 
     _REAL_CUPYX.append(cupyx)
 
@@ -1601,12 +1678,23 @@ def _cupyx_namespace(real):
         finally:
             _sync_allowed.pop()
 
+    special = {
+        name: _SpecialUfunc(name, getattr(real.scipy.special, name), function)
+        for name, function in _SPECIAL_FUNCTIONS.items()
+    }
+    scipy = _Namespace(
+        "cupyx.scipy",
+        real.scipy,
+        None,
+        {"special": _Namespace("cupyx.scipy.special", real.scipy.special, None, special)},
+    )
     made = {
         "scatter_add": scatter_add,
         "scatter_max": scatter_max,
         "scatter_min": scatter_min,
         "allow_synchronize": allow_synchronize,
         "DeviceSynchronized": real.DeviceSynchronized,
+        "scipy": scipy,
     }
     _require_names(real, made, "cupyx")
     return _Namespace("cupyx", real, None, made)
@@ -1629,40 +1717,33 @@ _saved: list[dict] = []
 def install(nudge=0, seed=0):
     """Make tinyvit's ``"cuda"`` device run on the stand-in; returns the stand-in module.
 
-    Sets ``tinyvit.backend.cupy`` and ``sys.modules["cupy"]``/``["cupyx"]``,
-    and forgets a cached ``"cuda"`` generator. ``nudge=k`` keeps float32 ULP
-    nudging on until ``uninstall()``.
+    Hands the stand-in ``cupy`` and ``cupyx`` to ``tinyvit.backend.use_cupy``
+    (which forgets its cached GPU check and ``"cuda"`` generator); nothing
+    else changes, ``sys.modules`` included. ``nudge=k`` keeps float32 ULP
+    nudging on until ``uninstall()``. Installs nest.
     """
     from tinyvit import backend
 
-    standin = build()  # installs nest: each uninstall() undoes its own install()
-    saved = {
-        "backend.cupy": backend.cupy,
-        "modules": {name: sys.modules.get(name) for name in ("cupy", "cupyx")},
-        "generator": backend._generators.pop("cuda", None),
-        "nudge": (int(nudge), int(seed), NUDGED) if nudge else None,
-    }
-    _saved.append(saved)
-    backend.cupy = standin
-    sys.modules.update(_MODULES)
-    if saved["nudge"]:
-        _nudge.append(saved["nudge"])
+    standin = build()
+    nudging = (int(nudge), int(seed), NUDGED) if nudge else None
+    _saved.append({"previous": backend.use_cupy(standin, _MODULES["cupyx"]), "nudge": nudging})
+    if nudging:
+        _nudge.append(nudging)
     return standin
 
 
 def uninstall():
-    """Undo ``install()``."""
+    """Undo the last ``install()``."""
     from tinyvit import backend
 
     saved = _saved.pop()
-    backend.cupy = saved["backend.cupy"]
-    backend._generators.pop("cuda", None)
-    if saved["generator"] is not None:
-        backend._generators["cuda"] = saved["generator"]
-    for name, module in saved["modules"].items():
-        if module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = module
+    backend.use_cupy(*saved["previous"])
     if saved["nudge"] in _nudge:
         _nudge.remove(saved["nudge"])
+
+
+def installed() -> bool:
+    """Whether tinyvit's ``"cuda"`` device is on the stand-in now."""
+    from tinyvit import backend
+
+    return "cupy" in _MODULES and backend.cupy is _MODULES["cupy"]

@@ -269,7 +269,8 @@ def test_install_makes_tinyvit_see_a_gpu_and_uninstall_undoes_it(cp):
     before = (backend.cupy, backend.cuda_available(), sys.modules.get("cupy"))
     cupy_standin.install()
     try:
-        assert backend.cuda_available() and sys.modules["cupy"] is cp
+        assert backend.cuda_available() and backend.cupy is cp
+        assert sys.modules["cupy"] is cupy  # the real one: the stand-in goes through use_cupy
         x = Tensor(np.random.default_rng(0).standard_normal((2, 5)), requires_grad=True)
         y = x.to("cuda")
         assert y.device == "cuda" and isinstance(y.data, cp.ndarray)
@@ -283,3 +284,39 @@ def test_install_makes_tinyvit_see_a_gpu_and_uninstall_undoes_it(cp):
     finally:
         cupy_standin.uninstall()
     assert (backend.cupy, backend.cuda_available(), sys.modules.get("cupy")) == before
+
+
+# -- bit generators and cupyx.scipy.special ------------------------------------------
+
+
+def test_bit_generators_are_the_real_ones_and_cost_a_launch(cp):
+    assert hasattr(cupy.random, "Philox4x3210") and hasattr(cp.random, "Philox4x3210")
+    with cupy_standin.counting() as c:
+        a = cp.random.Generator(cp.random.Philox4x3210(3)).random(4, dtype=np.float32)
+        b = cp.random.Generator(cp.random.Philox4x3210(3)).random(4, dtype=np.float32)
+    assert c.launches == 4  # two set-ups, two draws
+    np.testing.assert_array_equal(a.get(), b.get())
+    other = cp.random.Generator(cp.random.XORWOW(3)).random(4, dtype=np.float32)
+    assert not np.array_equal(other.get(), a.get())  # another kind, another stream
+    with pytest.raises(TypeError, match="BitGenerator"):
+        cp.random.Generator(3)
+
+
+def test_special_functions_are_ufuncs_of_the_input_float_type(cp):
+    import math
+
+    special = cupy_standin._MODULES["cupyx"].scipy.special
+    x = np.linspace(-6, 6, 13)
+    for dtype in (np.float32, np.float64):
+        got = special.ndtr(cp.asarray(x.astype(dtype)))
+        assert isinstance(got, cp.ndarray) and got.dtype == dtype
+        want = [0.5 * math.erfc(-v / math.sqrt(2)) for v in x.astype(dtype).astype(float)]
+        np.testing.assert_allclose(got.get(), want, rtol=1e-6 if dtype == np.float32 else 1e-15)
+    assert special.erf(cp.asarray([0.5])).get()[0] == pytest.approx(math.erf(0.5), rel=1e-15)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        special.ndtr(np.zeros(3))
+    with pytest.raises(AttributeError, match="does not mirror"):
+        special.gammaln  # noqa: B018  (CuPy has it; the stand-in offers only what tinyvit uses)
+    with cupy_standin.nudge_ulps(1, seed=2):
+        nudged = special.ndtr(cp.asarray(x.astype(np.float32))).get()
+    assert (nudged != special.ndtr(cp.asarray(x.astype(np.float32))).get()).sum() > 6

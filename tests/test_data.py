@@ -663,3 +663,32 @@ def test_the_flip_policy_only_mirrors(xp):
     out = D.augment_batch(images, np.random.default_rng(0), "flip")
     for original, flipped in zip(host(images), host(out)):
         assert np.array_equal(flipped, original) or np.array_equal(flipped, original[:, :, ::-1])
+
+
+def rand_augment_one_op_at_a_time(images, rng, num_ops=2, magnitude=9, fill=128):
+    """RandAugment as its definition reads: each op of ``RAND_AUGMENT_OPS`` on the images
+    that drew it, one op after another (the reference of the batched form)."""
+    xp = backend.xp_of(images)
+    names = tuple(D.RAND_AUGMENT_OPS)
+    m, n = magnitude / 30, images.shape[0]
+    out = images.copy()
+    for _ in range(num_ops):
+        choice = rng.integers(0, len(names), size=n)
+        signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+        for k, name in enumerate(names):
+            chosen = np.flatnonzero(choice == k)
+            if chosen.size:
+                index = xp.asarray(chosen)
+                out[index] = D.RAND_AUGMENT_OPS[name](out[index], m, signs[chosen], fill)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_rand_augment_equals_one_op_at_a_time(xp, seed):
+    """Three passes a round (one affine map, one blend, one table per image, the identity
+    for images that drew another family) give every image exactly the pixels of its op."""
+    x = images_on(xp, n=64)
+    want = rand_augment_one_op_at_a_time(x, np.random.default_rng(seed), num_ops=3,
+                                         magnitude=17)  # fmt: skip
+    got = D.rand_augment(x, np.random.default_rng(seed), num_ops=3, magnitude=17)
+    assert np.array_equal(host(got), host(want))

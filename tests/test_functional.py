@@ -121,8 +121,9 @@ def test_cross_entropy_errors(make, xp):
     z = make(3, 4)
     with pytest.raises(ValueError, match=r"shape \(3,\).*got \(2,\)"):
         F.cross_entropy(z, xp.asarray([0, 1]))
-    with pytest.raises(ValueError, match=r"\[0, 4\).*to 4"):
-        F.cross_entropy(z, xp.asarray([0, 1, 4]))
+    if xp is np:  # on the GPU the labels' range is not read back (every step would wait)
+        with pytest.raises(ValueError, match=r"\[0, 4\).*to 4"):
+            F.cross_entropy(z, xp.asarray([0, 1, 4]))
     with pytest.raises(ValueError, match=r"\(batch, classes\)"):
         F.cross_entropy(make(2, 3, 4), xp.asarray([0, 1]))
 
@@ -172,10 +173,11 @@ def test_gelu_exact_and_tanh(make):
     gradcheck(lambda t: F.gelu(t, approximate="tanh"), (x,))
 
 
-def test_gelu_float32_form_matches_float64_values_and_gradients(xp):
-    """float32's GELU (the reference's float32 erf, or the CPU kernel's tanh polynomial)
-    and its gradient agree with the float64 path (gradchecked, torch-checked) to float32
-    accuracy, across the whole range and past the kernel's clamp."""
+def test_gelu_float32_form_matches_float64_values_and_gradients(xp, ulps):
+    """float32's GELU (the reference's CDF, the CPU kernel's tanh polynomial or CUDA's
+    normcdf) and its gradient agree with the float64 path (gradchecked, torch-checked) to
+    float32 accuracy, across the whole range and past the kernel's clamp; also with every
+    float32 transcendental function 1 or 2 ulp off (``ulps``), as CUDA's may be."""
     x64 = np.concatenate([np.linspace(-12, 12, 4801), [-1e4, -60.0, 60.0, 1e4]])
     r64 = np.random.default_rng(0).standard_normal(x64.shape)
     x64, r64 = (a.astype(np.float32).astype(np.float64) for a in (x64, r64))  # same inputs

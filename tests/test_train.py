@@ -300,11 +300,13 @@ def test_a_bad_flag_is_one_error_line_before_any_data(flags, words, tmp_path, fa
 
 
 def test_cuda_without_a_gpu_is_refused_before_any_data(tmp_path, fake_data, capsys):
-    if tinyvit.backend.cuda_available():
-        pytest.skip("a GPU is here")
-    code, _, err = run_cli(["--device", "cuda", "--out", str(tmp_path)], capsys)
+    previous = tinyvit.backend.use_cupy(None)  # as on a machine without CuPy
+    try:
+        code, _, err = run_cli(["--device", "cuda", "--out", str(tmp_path)], capsys)
+    finally:
+        tinyvit.backend.use_cupy(*previous)
     assert code == 2 and fake_data == []
-    assert_one_error_line(err, "device 'cuda'")
+    assert_one_error_line(err, "device 'cuda'", "CuPy is not installed", "cupy-cuda12x[ctk]")
 
 
 def test_bad_flags_in_a_real_process_print_no_traceback(tmp_path):

@@ -14,6 +14,15 @@ is where. The default dtype is float32; float64 is for gradient checks.
 Nothing else in the package imports cupy: the CPU path works whether or not
 CuPy is installed, and whether or not it finds a GPU. (How the CPU is made to
 run fast, threads and cache blocks, is not about devices: ``kernels/``.)
+
+Whether ``"cuda"`` is usable is checked by doing what a run does first
+(``cuda_problem``: a kernel, a random draw, a matrix product, a solve), once
+per process; a missing CUDA library is a ``DeviceError`` that names it and
+the command that installs it. ``use_cupy`` hands the device another module
+that behaves as CuPy (the test suite's stand-in, when there is no GPU).
+Random generators (``Generator``) offer what NumPy's and CuPy's share, and
+``to_device_together`` and ``scalars`` move many small arrays, or read many
+numbers back, in one copy.
 """
 
 from __future__ import annotations
@@ -22,25 +31,123 @@ import numpy as np
 
 try:  # CuPy is optional: without it (or without a GPU) everything runs on NumPy.
     import cupy
+    import cupyx
+    import cupyx.scipy.special  # noqa: F401  (CUDA's normal CDF as a ufunc: kernels/cuda.py)
 except Exception:  # ImportError, or a CuPy that cannot load its CUDA libraries
-    cupy = None
+    cupy = cupyx = None
 
 DEFAULT_DTYPE = np.float32
 DEVICES = ("cpu", "cuda")
+GPU_INSTALL = (
+    'pip install "cupy-cuda12x[ctk]"  (or, in a clone of tinyvit: pip install -e ".[gpu]")'
+)
 
 
 class DeviceError(RuntimeError):
     """Arrays from different devices met in one op, or a device is unavailable."""
 
 
-def cuda_available() -> bool:
-    """True when CuPy is installed and sees at least one GPU."""
+# ---------------------------------------------------------------------------
+# Is the GPU usable? Counting devices is not enough: CuPy imports, and even
+# finds a GPU, with only the NVIDIA driver installed, and fails later at the
+# first kernel it compiles (NVRTC), the first random draw (cuRAND), the first
+# matrix product (cuBLAS) or solve (cuSOLVER). So the check runs one of each,
+# once per process, and says which library is missing.
+# ---------------------------------------------------------------------------
+
+
+def _count_gpus(cp):
+    if cp.cuda.runtime.getDeviceCount() < 1:
+        raise RuntimeError("no CUDA device")
+
+
+def _run_a_kernel(cp):
+    if (cp.arange(4, dtype=np.float32) * 2).sum().item() != 12:
+        raise RuntimeError("a kernel computed a wrong sum")
+
+
+def _draw_random_numbers(cp):
+    cp.random.Generator(cp.random.Philox4x3210(0)).random(4, dtype=np.float32).sum().item()
+
+
+def _multiply_matrices(cp):
+    a = cp.ones((4, 4), dtype=np.float32)
+    if (a @ a).sum().item() != 64:
+        raise RuntimeError("a matrix product came out wrong")
+
+
+def _solve_a_system(cp):
+    a = cp.eye(3, dtype=np.float64) * 2
+    cp.linalg.solve(a, cp.ones(3, dtype=np.float64)).sum().item()
+
+
+# (what is tried, what it needs, how to try it); the first one is whether there is a GPU.
+CUDA_CHECKS = (
+    ("find a GPU", "an NVIDIA GPU and its driver (libcuda)", _count_gpus),
+    ("compile and run a kernel", "NVRTC (libnvrtc), CUDA's run-time compiler", _run_a_kernel),
+    ("draw random numbers", "cuRAND (libcurand)", _draw_random_numbers),
+    ("multiply two matrices", "cuBLAS (libcublas)", _multiply_matrices),
+    ("solve a linear system", "cuSOLVER (libcusolver)", _solve_a_system),
+)
+_LIBRARIES = ("nvrtc", "curand", "cublas", "cusolver", "cusparse", "cufft", "cudart", "libcuda")
+_cuda_problem: list = []  # [the reason the GPU is unusable, or None], once checked
+
+
+def _name_the_library(error, needed):
+    """The CUDA library an error message names (``libnvrtc.so.12``), else what the step needs."""
+    text = str(error)
+    for word in text.replace("'", " ").replace(":", " ").split():
+        if word.startswith("lib") and any(name in word.lower() for name in _LIBRARIES):
+            return f"{needed}; CuPy could not load {word}"
+    return needed
+
+
+def cuda_problem() -> str | None:
+    """Why device ``"cuda"`` cannot be used, or None when it can.
+
+    The first call runs ``CUDA_CHECKS`` (a tiny kernel, a random draw, a
+    matrix product and a solve); the answer is kept for the process.
+    """
     if cupy is None:
-        return False
-    try:
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no driver, no device
-        return False
+        return "CuPy is not installed"
+    if not _cuda_problem:
+        problem = None
+        for what, needed, check in CUDA_CHECKS:
+            try:
+                check(cupy)
+            except Exception as error:  # CUDA errors, missing libraries (OSError, RuntimeError)
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+                if check is _count_gpus:
+                    problem = f"CuPy finds no GPU ({detail})"
+                else:
+                    problem = (
+                        f"CuPy {cupy.__version__} found a GPU but could not {what}, which "
+                        f"needs {_name_the_library(error, needed)} ({detail})"
+                    )
+                break
+        _cuda_problem.append(problem)
+    return _cuda_problem[0]
+
+
+def cuda_available() -> bool:
+    """True when CuPy is installed, sees a GPU, and can compile, draw, multiply and solve."""
+    return cuda_problem() is None
+
+
+def use_cupy(module, extras=None):
+    """Make device ``"cuda"`` use ``module`` as CuPy (and ``extras`` as cupyx); returns the
+    pair in use before, to put back.
+
+    For the test suite, which runs its ``"cuda"`` tests on a stand-in when there is no GPU
+    (``tests/cupy_standin.py``). Forgets the cached GPU check and ``"cuda"`` generator.
+    """
+    global cupy, cupyx
+    previous = (cupy, cupyx)
+    cupy, cupyx = module, extras
+    _cuda_problem.clear()
+    _generators.pop("cuda", None)
+    return previous
 
 
 def is_cuda_array(array) -> bool:
@@ -85,14 +192,16 @@ def xp_of(*arrays, names=None):
 
 
 def check_device_name(device: str) -> str:
+    """``device`` itself if it is known and usable; else ValueError or ``DeviceError``."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}: expected one of {DEVICES}")
-    if device == "cuda" and not cuda_available():
-        why = "CuPy is not installed" if cupy is None else "CuPy finds no GPU"
-        raise DeviceError(
-            f"device 'cuda' was requested but {why}; "
-            "install the extra with `pip install tinyvit[gpu]` on a machine with an NVIDIA GPU"
-        )
+    if device == "cuda":
+        problem = cuda_problem()
+        if problem is not None:
+            raise DeviceError(
+                f"device 'cuda' was requested but {problem}. On a machine with an NVIDIA GPU, "
+                f"install CuPy with the CUDA libraries it needs: {GPU_INSTALL}"
+            )
     return device
 
 
@@ -104,6 +213,73 @@ def to_device(array, device: str):
     if device == "cuda":
         return cupy.asarray(array)
     return cupy.asnumpy(array)
+
+
+def to_device_together(arrays, device: str) -> list:
+    """Host arrays on ``device``, moved in one copy instead of one per array.
+
+    A copy from the host is a round of bookkeeping for the driver whatever
+    its size, so a batch's small arrays (labels, augmentation parameters)
+    travel as one: their bytes are packed into one buffer (each array at an
+    offset that is a multiple of 8 bytes), the buffer is copied over, and
+    each array comes back as a view of it (same dtype, same shape). On the
+    CPU the arrays are returned as they are.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    if check_device_name(device) == "cpu":
+        return arrays
+    offsets, total = [], 0
+    for a in arrays:
+        offsets.append(total)
+        total += -(-a.nbytes // 8) * 8  # rounded up to whole 8-byte words
+    packed = np.zeros(max(total, 8), dtype=np.uint8)
+    for a, start in zip(arrays, offsets):
+        packed[start : start + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    on_device = cupy.asarray(packed)  # the one copy
+    return [
+        on_device[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+        for a, start in zip(arrays, offsets)
+    ]
+
+
+def _arrays_in(data, found):
+    """Every array inside nested lists and tuples ``data``, into ``found``."""
+    if isinstance(data, (list, tuple)):
+        for item in data:
+            _arrays_in(item, found)
+    elif isinstance(data, np.ndarray) or is_cuda_array(data):
+        found.append(data)
+    return found
+
+
+def as_array(data):
+    """Numbers and (nested) lists of them as a NumPy array; a list that holds device arrays
+    (the 0-d results of reductions on the GPU, say) as one device array, joined there.
+
+    ``numpy.asarray`` cannot take device arrays (CuPy forbids the silent copy to the
+    host), and a list that mixes the two devices is a ``DeviceError``.
+    """
+    found = _arrays_in(data, [])
+    if not any(is_cuda_array(a) for a in found):
+        return np.asarray(data)
+    xp_of(*found, names=[f"item {i} of the list" for i in range(len(found))])
+    return cupy.array(data)
+
+
+def scalars(*arrays) -> tuple:
+    """One-number arrays (or numbers, or None) as Python floats, read in one copy.
+
+    Reading a value from the GPU makes the host wait for the device (a
+    synchronisation); reading several costs one wait when they travel
+    together, stacked into one small array. ``None`` stays ``None``.
+    """
+    on_device = [a for a in arrays if is_cuda_array(a)]
+    if on_device:
+        stacked = cupy.stack([a.reshape(()).astype(np.float64) for a in on_device])
+        values = iter(cupy.asnumpy(stacked).tolist())  # the one synchronisation
+    return tuple(
+        None if a is None else next(values) if is_cuda_array(a) else float(a) for a in arrays
+    )
 
 
 def to_numpy(array) -> np.ndarray:
@@ -121,8 +297,6 @@ def module_for(device: str):
 def scatter_add(target, index, values) -> None:
     """``target[index] += values`` where repeated indices add up (unbuffered)."""
     if is_cuda_array(target):
-        import cupyx  # part of CuPy; only reached when CuPy is present
-
         cupyx.scatter_add(target, index, values)
     else:
         np.add.at(target, index, values)
@@ -133,24 +307,71 @@ def scatter_add(target, index, values) -> None:
 # initialisations are reproducible on either device.
 # ---------------------------------------------------------------------------
 
-_generators: dict[str, object] = {}
+
+class Generator:
+    """A seeded random generator with the methods both devices have.
+
+    ``cupy.random.Generator`` has ``random``, ``standard_normal`` and
+    ``integers`` but no ``permutation``, ``choice``, ``shuffle`` or
+    ``normal``; NumPy's has them all. tinyvit's generator offers the shared
+    three on both devices (plus ``permutation``, built from ``random``), so
+    code that draws with it on the CPU runs unchanged on the GPU, and a
+    method the GPU lacks fails on the CPU too. On the CPU it draws NumPy's
+    stream (``numpy.random.default_rng(seed)``); on the GPU CuPy's Philox
+    stream (counter-based: seeding it afresh, as each training step does
+    for its dropout masks, is one small kernel).
+    """
+
+    __slots__ = ("device", "_rng")
+
+    def __init__(self, seed: int, device: str = "cpu"):
+        self.device = check_device_name(device)
+        if device == "cuda":
+            self._rng = cupy.random.Generator(cupy.random.Philox4x3210(seed))
+        else:
+            self._rng = np.random.default_rng(seed)
+
+    def random(self, size=None, dtype=np.float64):
+        """Uniform numbers in ``[0, 1)``."""
+        return self._rng.random(size, dtype=dtype)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        """Normal numbers, mean 0 and standard deviation 1."""
+        return self._rng.standard_normal(size, dtype=dtype)
+
+    def integers(self, low, high=None, size=None, dtype=np.int64):
+        """Integers in ``[low, high)`` (``[0, low)`` without ``high``)."""
+        return self._rng.integers(low, high, size, dtype=dtype)
+
+    def permutation(self, n: int):
+        """A random order of ``0 .. n-1``: the ranks of ``n`` uniform draws."""
+        return module_for(self.device).argsort(self.random(n))
+
+    def __getattr__(self, name):
+        raise AttributeError(
+            f"tinyvit's generator has no {name!r}: it offers what NumPy's and CuPy's "
+            "generators share (random, standard_normal, integers) and permutation, so "
+            "that a draw that works on the CPU works on the GPU"
+        )
+
+
+_generators: dict[str, Generator] = {}
 _seed = 0
 
 
-def new_generator(seed: int, device: str = "cpu"):
-    """A fresh random generator for ``device`` (``numpy.random.Generator`` on the CPU)."""
-    xp = module_for(device)
-    return xp.random.default_rng(seed)
+def new_generator(seed: int, device: str = "cpu") -> Generator:
+    """A fresh random generator for ``device`` (see ``Generator``)."""
+    return Generator(seed, device)
 
 
 def manual_seed(seed: int) -> None:
-    """Seed the default generator of every device."""
+    """Seed the default generator of every device (each is made afresh when next used)."""
     global _seed
     _seed = int(seed)
     _generators.clear()
 
 
-def default_generator(device: str = "cpu"):
+def default_generator(device: str = "cpu") -> Generator:
     """The shared generator of ``device``, created from the last ``manual_seed``."""
     if device not in _generators:
         _generators[device] = new_generator(_seed, device)

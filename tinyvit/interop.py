@@ -68,7 +68,7 @@ def for_finetuning(model, num_classes=None, image_size=None, interpolation="bicu
     config, state = adapt(model.config, model.state_dict(), num_classes, image_size, interpolation)
     new = ViT(**{**config, **changes})
     new.load_state_dict(state)
-    return new.to(dtype=model.pos_embed.dtype)
+    return new.to(model.pos_embed.device, model.pos_embed.dtype)  # where and as the model is
 
 
 # ---------------------------------------------------------------------------

@@ -9,10 +9,17 @@ data and their loss; the step is the same, and it lives here, once:
     lr      = schedule(step)                 a linear warm-up, then cosine decay
     masks   = seeded by (seed, step)         dropout, reproducible and resumable
     loss    = forward()                      the model, then the loss
-    finite? else TrainingDiverged            the weights are not touched
     grads   = loss.backward()
-    grads  *= min(1, clip / ||grads||)       global gradient-norm clipping
+    grads  *= min(1, clip / ||grads||)       global gradient-norm clipping, on the device
+    finite? else TrainingDiverged            loss and norm read together; weights untouched
     weights = optimizer.step()               AdamW or SGD
+
+On a GPU the host queues work and goes on until it needs a value back;
+waiting for one is a synchronisation, and the GPU idles while the host
+catches up. A step has exactly one: the loss and the gradient's norm come
+back together, after the backward pass and the clipping are queued, because
+the host must know they are finite before it lets the optimizer move the
+weights.
 
 ``evaluate`` is the one measurement on held-out images: mean cross-entropy
 and accuracy, in evaluation mode (no dropout), without a graph, at the
@@ -29,7 +36,7 @@ from tqdm import tqdm
 
 from . import backend, data
 from . import functional as F
-from .optim import AdamW, WarmupCosine, clip_grad_norm
+from .optim import AdamW, WarmupCosine, clip_gradients
 from .resample import interpolate
 from .tensor import no_grad
 
@@ -76,15 +83,15 @@ def train_step(model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run=
     if seed is not None:
         backend.manual_seed(step_seed(seed, step))  # this step's dropout masks
     loss, output = forward()
-    value = loss.item()
-    if not math.isfinite(value):
-        raise TrainingDiverged("loss", value, step, lr, run=run)
     optimizer.zero_grad()
     loss.backward()
-    if clip:
-        norm = clip_grad_norm(model.parameters(), clip)
-        if not math.isfinite(norm):
-            raise TrainingDiverged("gradient norm", norm, step, lr, run=run)
+    norm = clip_gradients(model.parameters(), clip) if clip else None  # 0-d, on the device
+    # The step's one synchronisation: the loss and the norm, read in one copy.
+    value, norm = backend.scalars(loss.data, norm)
+    if not math.isfinite(value):
+        raise TrainingDiverged("loss", value, step, lr, run=run)
+    if norm is not None and not math.isfinite(norm):
+        raise TrainingDiverged("gradient norm", norm, step, lr, run=run)
     optimizer.step()
     return value, output
 
@@ -124,10 +131,18 @@ def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="tes
             f"evaluate needs as many labels as images (at least one), got {len(images)} "
             f"images and {len(labels)} labels"
         )
+    classes = model.head.out_features
+    host = backend.to_numpy(labels)
+    low, high = int(host.min()), int(host.max())
+    if low < 0 or high >= classes:  # here, on the host: on the GPU nothing would check them
+        raise ValueError(
+            f"evaluate: labels must lie in [0, {classes}) for a model of {classes} classes, "
+            f"got values from {low} to {high}"
+        )
     device, dtype = model.cls_token.device, model.cls_token.dtype
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = correct = 0  # sums on the model's device, read once at the end
     batches = data.batches(
         images, labels, batch_size, shuffle=False, augment="none", drop_last=False,
         device=device, dtype=dtype,
@@ -142,15 +157,18 @@ def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="tes
                     probs = 0.5 * (probs + F.softmax(model(x[..., ::-1]), axis=1).data)
                     xp = backend.xp_of(probs)
                     picked = probs[xp.arange(len(y)), y]  # the true class's probability
-                    loss_sum += float(-xp.log(xp.maximum(picked, xp.finfo(dtype).tiny)).sum())
+                    nll = -xp.log(xp.maximum(picked, xp.finfo(dtype).tiny)).sum()
+                    loss_sum = loss_sum + nll.astype(np.float64)
                     predicted = probs.argmax(axis=1)
                 else:
                     logits = model(x)  # (B, classes)
-                    loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                    nll = F.cross_entropy(logits, y, reduction="sum").data
+                    loss_sum = loss_sum + nll.astype(np.float64)
                     predicted = logits.data.argmax(axis=1)
-                correct += int((predicted == y).sum())
+                correct = correct + (predicted == y).sum()
     finally:
         model.train(was_training)
+    loss_sum, correct = backend.scalars(loss_sum, correct)
     return Evaluation(loss_sum / len(images), correct / len(images))
 
 

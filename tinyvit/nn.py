@@ -128,9 +128,9 @@ class Module:
 
         Values may be NumPy or CuPy arrays, or anything ``numpy.asarray``
         takes (a CPU ``torch.Tensor`` from timm included); each is cast to the
-        parameter's dtype and moved to its device. A misshaped array is always
-        an error; with ``strict`` (the default) missing and unexpected names
-        are errors too. Nothing is changed unless everything fits.
+        parameter's dtype, moved to its device and copied into its array. A
+        misshaped array is always an error; with ``strict`` (the default)
+        missing and unexpected names are errors too. Nothing is changed unless everything fits.
         """
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
@@ -157,7 +157,9 @@ class Module:
             param = own[name]
             if not backend.is_cuda_array(value):
                 value = np.asarray(value)
-            param.data = backend.to_device(value, param.device).astype(param.dtype, copy=True)
+            # Copied into the parameter's own array, which may be a view of an optimizer's
+            # buffer (optim.FlatParameters): it stays there.
+            param.data[...] = backend.to_device(value, param.device).astype(param.dtype)
             param.grad = None
 
     # -- modes, devices, gradients -----------------------------------------

@@ -316,8 +316,8 @@ def colour_view(raw, classes, where, patch_size, bits=3, fade=0.25):
     ``classes`` (``(B, N)`` colour classes), the others faded towards white."""
     grid = _patch_grid(raw, patch_size)  # (B, rows, cols, P, P, C)
     B, rows, cols = grid.shape[:3]
-    where = np.asarray(where).reshape(B, rows, cols)
-    paint = class_colours(np.asarray(backend.to_numpy(classes)).reshape(B, rows, cols), bits)
+    where = backend.to_numpy(where).reshape(B, rows, cols)
+    paint = class_colours(backend.to_numpy(classes).reshape(B, rows, cols), bits)
     faded = 1.0 - fade * (1.0 - grid)
     painted = np.broadcast_to(paint[:, :, :, None, None, :], grid.shape)
     return _picture(np.where(where[..., None, None, None], painted, faded))

@@ -97,20 +97,21 @@ def resample_pos_embed(pos_embed, new_grid, interpolation="bicubic", num_prefix_
     Section 3.2's "2D interpolation of the pre-trained position embeddings":
     the class token's row is kept as it is; the ``g x g`` grid of patch
     embeddings is interpolated to ``new_grid`` (an int or ``(rows, cols)``),
-    ``new = R_rows @ grid @ R_cols^T`` channel by channel.
+    ``new = R_rows @ grid @ R_cols^T`` channel by channel. A NumPy or CuPy
+    array; the result is on its device, in its dtype (the sums in float64).
     """
-    pos_embed = np.asarray(pos_embed)
+    xp = xp_of(pos_embed)
     rows, cols = (new_grid, new_grid) if isinstance(new_grid, int) else new_grid
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
     old = math.isqrt(grid.shape[0])
     if old * old != grid.shape[0]:
         raise ValueError(f"position embeddings of {grid.shape[0]} patches are not a square grid")
-    grid = grid.reshape(old, old, -1)  # (g, g, D)
-    r_rows = interpolation_matrix(old, rows, interpolation)  # (rows, g)
-    r_cols = interpolation_matrix(old, cols, interpolation)  # (cols, g)
-    new = np.einsum("ij,jkd,lk->ild", r_rows, grid, r_cols)  # (rows, cols, D)
+    grid = grid.reshape(old, old, -1).astype(np.float64)  # (g, g, D)
+    r_rows = xp.asarray(interpolation_matrix(old, rows, interpolation))  # (rows, g)
+    r_cols = xp.asarray(interpolation_matrix(old, cols, interpolation))  # (cols, g)
+    new = xp.einsum("ij,jkd,lk->ild", r_rows, grid, r_cols)  # (rows, cols, D)
     new = new.reshape(1, rows * cols, -1).astype(pos_embed.dtype)
-    return np.concatenate([prefix, new], axis=1)  # (1, prefix + rows*cols, D)
+    return xp.concatenate([prefix, new], axis=1)  # (1, prefix + rows*cols, D)
 
 
 __all__ = ["MODES", "interpolate", "interpolation_matrix", "resample_pos_embed"]

@@ -99,14 +99,14 @@ class Tensor:
     takes; Python floats and lists of floats become ``float32``.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op")
+    __slots__ = ("data", "grad", "requires_grad", "grad_buffer", "_parents", "_backward", "_op")
     __array_ufunc__ = None  # `ndarray + Tensor` defers to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
         if isinstance(data, Tensor):
             data = data.data
         if not (isinstance(data, np.ndarray) or backend.is_cuda_array(data)):
-            data = np.asarray(data)
+            data = backend.as_array(data)  # a list of device scalars stays on the device
             if dtype is None and data.dtype.kind == "f":
                 dtype = backend.DEFAULT_DTYPE
         if dtype is not None and data.dtype != dtype:
@@ -116,6 +116,7 @@ class Tensor:
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
+        self.grad_buffer = None  # where backward() puts the gradient (optim.FlatParameters)
         self._parents = ()
         self._backward = None
         self._op = None
@@ -132,7 +133,7 @@ class Tensor:
         joins the graph.
         """
         out = Tensor.__new__(Tensor)
-        out.data, out.grad, out._op = data, None, op
+        out.data, out.grad, out.grad_buffer, out._op = data, None, None, op
         if _grad_enabled and any(p is not None and p.requires_grad for p in parents):
             out.requires_grad, out._parents, out._backward = True, tuple(parents), backward
         else:
@@ -201,10 +202,13 @@ class Tensor:
             if g is None:  # no path from this node to the output carries a gradient
                 continue
             if node._backward is None:  # a leaf: the gradient stops here, added into .grad
-                if node.grad is None:
-                    node.grad = g.copy()  # the leaf's own array: g may be shared
-                else:
+                if node.grad is not None:
                     node.grad += g
+                elif node.grad_buffer is not None:  # its place in an optimizer's buffer
+                    node.grad_buffer[...] = g
+                    node.grad = node.grad_buffer
+                else:
+                    node.grad = g.copy()  # the leaf's own array: g may be shared
                 continue
             for parent, pg in zip(node._parents, node._backward(g)):  # the chain rule, one op
                 if parent is None or pg is None or not parent.requires_grad:
@@ -282,79 +286,102 @@ class Tensor:
 
     # -- elementwise arithmetic ---------------------------------------------
 
-    def _operand(self, other) -> Tensor:
-        """``other`` as a tensor on this tensor's device, in this tensor's dtype."""
+    def _operand(self, other):
+        """The other operand of ``self (op) other``, as ``(tensor, values)``.
+
+        A Tensor, or an array (NumPy or CuPy) wrapped in one, must be on this
+        tensor's device (else a ``DeviceError`` names both) and, for a Tensor,
+        of its dtype; an array is cast to it. A number is no tensor, ``(None,
+        the number as a scalar of this dtype)``: it goes into the kernel as it
+        is, with nothing copied to the device and no gradient to compute.
+        """
         if isinstance(other, Tensor):
             if other.dtype != self.dtype:
                 raise TypeError(
                     f"dtype mismatch: {self.dtype} and {other.dtype}; convert one with .astype()"
                     " (tinyvit never promotes silently: a float64 upcast doubles the cost)"
                 )
-            return other
-        xp = xp_of(self.data)
-        return Tensor(xp.asarray(other, dtype=self.dtype))
+            xp_of(self.data, other.data, names=("the tensor", "the other operand"))
+            return other, other.data
+        if isinstance(other, (int, float, bool, np.generic)):
+            return None, self.dtype.type(other)
+        if not (isinstance(other, np.ndarray) or backend.is_cuda_array(other)):
+            other = np.asarray(other)  # a list: host data, like a NumPy array
+        xp_of(self.data, other, names=("the tensor", "the other operand"))
+        other = Tensor(other.astype(self.dtype, copy=False))
+        return other, other.data
 
     def __add__(self, other):
-        other = self._operand(other)
-        xp_of(self.data, other.data)
-        a_shape, b_shape = self.shape, other.shape
+        b, b_data = self._operand(other)
+        a_shape, b_shape = self.shape, np.shape(b_data)  # a number's shape is ()
 
         def backward(g):
-            return unbroadcast(g, a_shape), unbroadcast(g, b_shape)
+            gb = unbroadcast(g, b_shape) if b is not None and b.requires_grad else None
+            return unbroadcast(g, a_shape), gb
 
-        return Tensor.from_op(self.data + other.data, (self, other), backward, "add")
+        return Tensor.from_op(self.data + b_data, (self, b), backward, "add")
 
     __radd__ = __add__
 
     def __sub__(self, other):
-        other = self._operand(other)
-        xp_of(self.data, other.data)
-        a_shape, b_shape = self.shape, other.shape
+        b, b_data = self._operand(other)
+        a_shape, b_shape = self.shape, np.shape(b_data)
 
         def backward(g):
-            return unbroadcast(g, a_shape), unbroadcast(-g, b_shape)
+            gb = unbroadcast(-g, b_shape) if b is not None and b.requires_grad else None
+            return unbroadcast(g, a_shape), gb
 
-        return Tensor.from_op(self.data - other.data, (self, other), backward, "sub")
+        return Tensor.from_op(self.data - b_data, (self, b), backward, "sub")
 
     def __rsub__(self, other):
-        return self._operand(other) - self
+        b, b_data = self._operand(other)
+        if b is not None:
+            return b - self
+        return Tensor.from_op(b_data - self.data, (self,), lambda g: (-g,), "rsub")
 
     def __mul__(self, other):
-        other = self._operand(other)
-        xp_of(self.data, other.data)
-        a, b = self, other
+        b, b_data = self._operand(other)
+        a = self
 
         def backward(g):
-            ga = unbroadcast(g * b.data, a.shape) if a.requires_grad else None
-            gb = unbroadcast(g * a.data, b.shape) if b.requires_grad else None
+            ga = unbroadcast(g * b_data, a.shape) if a.requires_grad else None
+            gb = unbroadcast(g * a.data, b.shape) if b is not None and b.requires_grad else None
             return ga, gb
 
-        return Tensor.from_op(a.data * b.data, (a, b), backward, "mul")
+        return Tensor.from_op(a.data * b_data, (a, b), backward, "mul")
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        other = self._operand(other)
-        xp_of(self.data, other.data)
-        a, b = self, other
-        out = a.data / b.data
+        b, b_data = self._operand(other)
+        a = self
+        out = a.data / b_data
 
         def backward(g):
-            ga = unbroadcast(g / b.data, a.shape) if a.requires_grad else None
-            gb = unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None
+            ga = unbroadcast(g / b_data, a.shape) if a.requires_grad else None
+            gb = (
+                unbroadcast(-g * out / b_data, b.shape)
+                if b is not None and b.requires_grad
+                else None
+            )
             return ga, gb  # d(a/b)/db = -a/b**2 = -out/b
 
         return Tensor.from_op(out, (a, b), backward, "div")
 
     def __rtruediv__(self, other):
-        return self._operand(other) / self
+        b, b_data = self._operand(other)
+        if b is not None:
+            return b / self
+        x = self.data
+        out = b_data / x
+        return Tensor.from_op(out, (self,), lambda g: (-g * out / x,), "rdiv")  # d(c/x) = -c/x**2
 
     def __neg__(self):
         return Tensor.from_op(-self.data, (self,), lambda g: (-g,), "neg")
 
     def __pow__(self, exponent):
         if isinstance(exponent, Tensor):
-            return self._pow_tensor(self._operand(exponent))
+            return self._pow_tensor(self._operand(exponent)[0])
         if not isinstance(exponent, (int, float)):
             raise TypeError(f"exponent must be a number or a Tensor, not {type(exponent).__name__}")
         x = self
@@ -381,7 +408,12 @@ class Tensor:
         return Tensor.from_op(out, (a, b), backward, "pow")
 
     def __rpow__(self, base):
-        return self._operand(base)._pow_tensor(self)
+        b, b_data = self._operand(base)
+        if b is not None:
+            return b._pow_tensor(self)
+        xp = xp_of(self.data)
+        out = b_data**self.data
+        return Tensor.from_op(out, (self,), lambda g: (g * out * xp.log(b_data),), "rpow")
 
     def exp(self):
         xp = xp_of(self.data)
@@ -487,7 +519,9 @@ class Tensor:
             index = index.data
         elif isinstance(index, tuple):
             index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-        xp = xp_of(self.data)
+        items = index if isinstance(index, tuple) else (index,)
+        arrays = [i for i in items if hasattr(i, "shape")]  # index arrays: on this device
+        xp = xp_of(self.data, *arrays, names=["the tensor"] + ["an index array"] * len(arrays))
         shape, dtype = self.shape, self.dtype
         basic = _is_basic_index(index)
 
@@ -504,11 +538,16 @@ class Tensor:
     # -- matrix product -----------------------------------------------------
 
     def __matmul__(self, other):
-        other = self._operand(other)
-        return matmul(self, other)
+        return matmul(self, self._matrix_operand(other))
 
     def __rmatmul__(self, other):
-        return matmul(self._operand(other), self)
+        return matmul(self._matrix_operand(other), self)
+
+    def _matrix_operand(self, other) -> Tensor:
+        b, _ = self._operand(other)
+        if b is None:
+            raise ValueError(f"matmul needs arrays, not the number {other!r}: use * to scale")
+        return b
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:

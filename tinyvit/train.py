@@ -244,6 +244,9 @@ RECIPES = {
 BUDGET_STEPS = (5, 25)
 BUDGET_MARGIN = 0.02
 PLOT_SECONDS = 0.5  # drawing curves.png, when it has not been timed yet
+# The progress bar's loss and accuracy are brought up to date at most this often: the
+# right answers are counted on the device, and reading them makes the host wait for it.
+POSTFIX_SECONDS = 1.0
 
 
 class RunError(ValueError):
@@ -341,6 +344,7 @@ class Trainer:
         # where the run is, and what it has seen so far
         self.epoch, self.batch, self.step = 0, 0, 0
         self.sums = dict(loss=0.0, correct=0.0, seen=0, seconds=0.0)
+        self._correct = None  # right answers counted on the device, not yet in sums
         self.history = []
         self.elapsed = 0.0  # seconds of training and evaluation before this process
         self.saved = None  # (epoch, batch, step) of the last checkpoint on disk, if any
@@ -380,6 +384,7 @@ class Trainer:
             self._saving = False
 
     def save_checkpoint(self):
+        self._settle()
         state = dict(
             config=dataclasses.asdict(self.config),
             epoch=self.epoch,
@@ -441,6 +446,7 @@ class Trainer:
             raise checkpoint.CheckpointError(f"{path}: {error}") from None
         self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
         self.sums, self.history, self.elapsed = position["sums"], position["history"], elapsed
+        self._correct = None
         self.set_total_steps(total_steps)
         self.planned = planned
         self.saved = (self.epoch, self.batch, self.step)
@@ -476,8 +482,15 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         labels = y if y.ndim == 1 else y.argmax(axis=1)  # mixup/cutmix: the main class
-        correct = int((logits.data.argmax(axis=1) == labels).sum())
+        correct = (logits.data.argmax(axis=1) == labels).sum()  # 0-d, on the device: not read
         return loss, correct
+
+    def _settle(self):
+        """Add the right answers counted on the device since the last call to the epoch's
+        sums (one synchronisation; the progress bar and the epoch's end need them)."""
+        if self._correct is not None:
+            self.sums["correct"] += backend.scalars(self._correct)[0]
+            self._correct = None
 
     def train_epoch(self):
         """Train to the end of this epoch (or of the run, or until Ctrl-C: then False)."""
@@ -504,13 +517,13 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        tick = time.perf_counter()
+        tick = shown = time.perf_counter()
         for x, y in bar:
             loss, correct = self.train_step(x, y)
             n = len(x)
             now = time.perf_counter()
             self.sums["loss"] += loss * n
-            self.sums["correct"] += correct
+            self._correct = correct if self._correct is None else self._correct + correct
             self.sums["seen"] += n
             self.sums["seconds"] += now - tick
             if not self.planned:
@@ -522,13 +535,16 @@ class Trainer:
             tick = now
             self.batch += 1
             self.step += 1
-            seen = self.sums["seen"]
-            bar.set_postfix(
-                loss=f"{self.sums['loss'] / seen:.3f}",
-                acc=f"{self.sums['correct'] / seen:.3f}",
-                img_s=f"{seen / max(self.sums['seconds'], 1e-9):.0f}",
-                lr=f"{self.schedule(self.step - 1):.2e}",
-            )
+            if self.progress and now - shown >= POSTFIX_SECONDS:  # reading the count waits
+                shown = now
+                self._settle()
+                seen = self.sums["seen"]
+                bar.set_postfix(
+                    loss=f"{self.sums['loss'] / seen:.3f}",
+                    acc=f"{self.sums['correct'] / seen:.3f}",
+                    img_s=f"{seen / max(self.sums['seconds'], 1e-9):.0f}",
+                    lr=f"{self.schedule(self.step - 1):.2e}",
+                )
             if self._stop_requested:
                 bar.close()
                 return False
@@ -630,6 +646,7 @@ class Trainer:
     def end_epoch(self):
         tick = time.perf_counter()
         test_loss, test_acc = self.test(desc=f"epoch {self.epoch + 1}/{self.epochs}: testing")
+        self._settle()
         s = self.sums
         record = dict(
             epoch=self.epoch + 1,

@@ -574,7 +574,7 @@ def plot_attention_grid(
     columns = {"rollout\n(all layers)": attention_rollout(layers, fusion, discard_ratio)}
     for h in range(heads.shape[1]):
         columns[f"layer {index + 1}\nhead {h + 1}"] = heads[:, h]
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    labels, predictions = backend.to_numpy(labels), backend.to_numpy(predictions)
     row_labels = [f"true: {classes[t]}\npred: {classes[p]}" for t, p in zip(labels, predictions)]
     colours = ["tab:green" if t == p else "tab:red" for t, p in zip(labels, predictions)]
     note = (

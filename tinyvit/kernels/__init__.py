@@ -11,6 +11,7 @@ written for speed on one device:
                             blocks of rows, a thread per core, in place
     kernels/fast_math.py    the float32 Gaussian CDF as a tanh polynomial (GELU)
     kernels/cpu_runtime.py  the blocks and threads, OpenBLAS's idle threads, the allocator
+    kernels/cuda.py         the exact GELU with CUDA's Gaussian CDF: 2 launches, not 38
 
 When an op of ``functional`` is called, it runs the kernel registered for
 the device of its first input if there is one, else its reference body. To
@@ -22,9 +23,8 @@ compare, to rule a kernel out):
     with tinyvit.kernels.using("reference"): ...           # for a block of code
 
 Each op also keeps its reference body as ``op.reference``
-(``functional.gelu.reference(x)``). On the GPU the reference ops run as they
-are, whole-array CuPy calls; CuPy's fused kernels are to be registered here
-for ``"cuda"`` as the CPU ones are for ``"cpu"``.
+(``functional.gelu.reference(x)``). On the GPU the other reference ops run
+as they are, whole-array CuPy calls.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def available(device: str = "cpu") -> dict:
         if device == "cpu":
             from .cpu import KERNELS
         else:
-            KERNELS = {}
+            from .cuda import KERNELS
         _tables[device] = KERNELS
     return _tables[device]
 

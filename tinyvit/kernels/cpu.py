@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import xp_of
-from ..special import erf
+from ..special import normal_cdf
 from ..tensor import Tensor, as_tensor, is_grad_enabled
 from .cpu_runtime import for_each_chunk, parallel, row_blocks
 from .fast_math import normal_cdf_tanh
@@ -207,11 +207,12 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
 
 
 def _normal_cdf(x, with_pdf):
-    """``Phi(x)`` (and ``phi(x)``): float32 by the tanh polynomial, float64 by the reference erf."""
+    """``Phi(x)`` (and ``phi(x)``): float32 by the tanh polynomial, float64 by the reference's
+    ``special.normal_cdf``."""
     if x.dtype != np.float64:
         return normal_cdf_tanh(x, with_pdf)
     xp = xp_of(x)
-    cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+    cdf = normal_cdf(x)
     if not with_pdf:
         return cdf
     return cdf, xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
