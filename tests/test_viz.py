@@ -396,3 +396,18 @@ def test_training_curves_without_smoothing_and_empty():
     viz.plt.close(fig)
     with pytest.raises(ValueError, match="history is empty"):
         viz.draw_training_curves(viz.plt.figure(), [])
+
+
+def test_flat_maps_are_drawn_flat_and_peaked_ones_in_full():
+    from tinyvit.viz import attention_heat, peak_over_mean
+
+    flat = np.full((4, 4), 1 / 16) + np.random.default_rng(0).normal(0, 1e-4, (4, 4))
+    heat = attention_heat(flat)
+    assert peak_over_mean(flat) < 1.01 and np.ptp(heat) < 0.02  # noise is not drawn as structure
+    assert abs(heat.mean() - 0.5) < 0.01
+    peaked = np.full((4, 4), 1.0)
+    peaked[1, 2] = 4.0  # peak over mean: 4 / (19 / 16) = 3.4x
+    heat = attention_heat(peaked)
+    assert heat.min() == 0.0 and heat.max() == 1.0
+    half = np.array([[1.0, 2.0], [1.0, 1.0]])  # 1.6x: 60% of the full contrast
+    assert np.ptp(attention_heat(half)) == pytest.approx(0.6)

@@ -1,7 +1,7 @@
 """The command line every lesson shares: ``--out``, ``--quick``, ``--device``, ``--data-dir``.
 
 Every lesson takes the same flags, so a learner can run any of them the same
-way; lessons 7-9, which look inside a trained model, add ``--checkpoint``.
+way; lessons 7-10, which look inside a trained model, add ``--checkpoint``.
 A mistake on the command line (a flag out of range, a checkpoint that is not
 there, a folder that cannot be written, data that cannot be found) is one
 ``error: ...`` line and exit status 2, before the lesson starts its work.
@@ -16,8 +16,11 @@ from . import backend, files
 from .cli import ArgumentParser, fail
 
 # Lesson 6 writes its trained model here (the trainer's ``model.npz``); lessons
-# 7-9 start from it.
+# 7-9 start from it when it is there.
 LESSON6_MODEL = Path("runs") / "lessons" / "06_train_cifar10" / "model.npz"
+# The model of the default CPU run, shipped with the lessons (its provenance in the
+# README beside it): what lessons 7-10 look into when lesson 6 has not been run.
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "lessons" / "models" / "vit_cifar_tiny.npz"
 
 
 def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argparse.Namespace:
@@ -64,18 +67,28 @@ def existing_file(text: str) -> Path:
 
 
 def checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint``: the model to look into (default: the one lesson 6 trained).
+    """``--checkpoint``: the model to look into (default: lesson 6's, else the shipped one).
 
     A checkpoint named on the command line must exist; only when none is
-    named and lesson 6's is missing does the lesson train a short run itself.
+    named and neither lesson 6's model nor the shipped one is there does the
+    lesson train a short run itself.
     """
     parser.add_argument(
         "--checkpoint",
         type=existing_file,
         default=None,
-        help=f"a tinyvit model to look into (default: lesson 6's, {LESSON6_MODEL}; "
-        "without it the lesson trains a short run first)",
+        help=f"a tinyvit model to look into (default: lesson 6's, {LESSON6_MODEL}, else the "
+        "one shipped in lessons/models/; without either the lesson trains a short run first)",
     )
+
+
+def default_model(args):
+    """The model a lesson looks into: ``--checkpoint``, else lesson 6's, else the shipped
+    one; ``None`` when there is none of them."""
+    for path in (args.checkpoint, LESSON6_MODEL, SHIPPED_MODEL):
+        if path is not None and Path(path).is_file():
+            return Path(path)
+    return None
 
 
 def load_data(args):
@@ -90,35 +103,38 @@ def load_data(args):
 
 
 def trained_model(args, dataset, short_epochs: int = 3):
-    """The model of ``--checkpoint`` (default: lesson 6's), or, when there is none, one
-    trained now.
+    """The model of ``default_model(args)``, or, when there is none, one trained now.
 
-    Lessons 7-9 look inside the model lesson 6 trained. Without its
-    checkpoint they say so and train a short run of the same recipe
-    (``short_epochs`` epochs; the "quick" recipe under ``--quick``) into
-    ``args.out / "short_run"`` (``"quick_run"``): a weaker model, but a real
-    one. A short run already there is resumed (or, finished, reused), so
-    running the lesson again costs nothing.
+    Lessons 7-10 look inside a trained model: ``--checkpoint``, else the one
+    lesson 6 trained, else the one shipped with the lessons (the default CPU
+    run's), also under ``--quick``, so that even a run of seconds shows what
+    a trained ViT learned. Without any of them they say so and train a short
+    run of the same recipe (``short_epochs`` epochs; the "quick" recipe under
+    ``--quick``) into ``args.out / "short_run"`` (``"quick_run"``): a weaker
+    model, but a real one. A short run already there is resumed (or,
+    finished, reused), so running the lesson again costs nothing.
     """
     from . import checkpoint
     from .train import RECIPES, RunError, TrainConfig, Trainer
 
-    path = args.checkpoint if args.checkpoint is not None else LESSON6_MODEL
-    if path.is_file():
+    path = default_model(args)
+    if path is not None:
         print(f"starting from {path}")
         try:
             return checkpoint.load(path, device=args.device)
         except checkpoint.CheckpointError as error:
             fail(str(error))
+
     if args.quick:
         settings, folder = RECIPES["quick"], "quick_run"
         what = "the quick recipe (seconds)"
     else:
-        settings, folder = {**RECIPES["cpu"], "epochs": short_epochs}, "short_run"
+        settings = {**RECIPES["cpu"], "epochs": short_epochs, "time_budget": None}
+        folder = "short_run"
         what = f"{short_epochs} epochs of lesson 6's recipe"
     print(
-        f"no checkpoint at {path} (run lessons/06_train_cifar10.py for the real one): "
-        f"training {what} now"
+        f"no trained model: neither lesson 6's ({LESSON6_MODEL}; run "
+        f"lessons/06_train_cifar10.py) nor the shipped one ({SHIPPED_MODEL}): training {what} now"
     )
     config = TrainConfig(**{**TrainConfig().__dict__, **settings, "device": args.device})
     try:
@@ -126,6 +142,6 @@ def trained_model(args, dataset, short_epochs: int = 3):
         trainer.fit(resume=True)
     except (RunError, checkpoint.CheckpointError, files.WriteError) as error:
         fail(str(error))
-    if trainer.epoch < config.epochs:
+    if trainer.step < trainer.total_steps:
         fail("stopped by Ctrl-C before the short run ended; run the lesson again to go on", 130)
     return trainer.model.eval()

@@ -451,6 +451,23 @@ def _stretch(m):
 
 
 ATTENTION_CMAP = "inferno"
+FULL_CONTRAST_PEAK = 2.0  # a map whose peak is twice its mean gets the colour map's full range
+FLAT_PEAK = 1.25  # below this peak-over-mean a map is called flat in its corner
+
+
+def peak_over_mean(m) -> float:
+    """A map's largest value over its mean: 1.0 for a flat map, ``g * g`` for one patch."""
+    m = np.asarray(m, dtype=np.float64)
+    return float(m.max() / max(m.mean(), np.finfo(np.float64).tiny))
+
+
+def attention_heat(m):
+    """A map's colours in [0, 1]: its own range stretched to the full colour map when its
+    peak is at least ``FULL_CONTRAST_PEAK`` times its mean, and proportionally less
+    around the middle colour when it is flatter (a flat map is one even colour), so
+    that a nearly uniform map does not show its noise as structure."""
+    contrast = min(1.0, (peak_over_mean(m) - 1.0) / (FULL_CONTRAST_PEAK - 1.0))
+    return 0.5 + contrast * (_stretch(m) - 0.5)
 
 
 def plot_attention_overlays(
@@ -470,11 +487,14 @@ def plot_attention_overlays(
     ``cls_attention`` or ``attention_rollout`` returns). Row ``b`` shows image
     ``b`` as it is, then each column's map ``b`` over a grey copy of it. Each
     map is rescaled to its own range (dark: least attention, bright: most),
-    so the colours compare places within a map, not maps with each other.
-    Each patch is drawn as one block of colour, the one number the model has
-    for it; ``smooth=True`` blends neighbouring patches instead. The number
-    in a map's corner is its peak over its mean: 1.0x is a flat map, 16x on
-    a 4 x 4 grid puts everything on one patch.
+    so the colours compare places within a map, not maps with each other;
+    a map whose peak is less than twice its mean gets proportionally less
+    contrast (``attention_heat``), so that a nearly flat map is not drawn as
+    strong structure. Each patch is drawn as one block of colour, the one
+    number the model has for it; ``smooth=True`` blends neighbouring patches
+    instead. The number in a map's corner is its peak over its mean: 1.0x is
+    a flat map (and says so below 1.25x), 16x on a 4 x 4 grid puts everything
+    on one patch.
     """
     images = backend.to_numpy(_array(images))
     if images.ndim != 4:
@@ -500,16 +520,16 @@ def plot_attention_overlays(
         axes[b, 0].imshow(rgb, interpolation="nearest")
         for c, m in enumerate(maps.values(), start=1):
             mode = "bilinear" if smooth or H % m.shape[-1] else "nearest"  # nearest: patch blocks
-            heat = interpolate(_stretch(m[b]), (H, W), mode)  # (H, W) in [0, 1]
+            heat = interpolate(attention_heat(m[b]), (H, W), mode)  # (H, W) in [0, 1]
             axes[b, c].imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             axes[b, c].imshow(
                 heat, cmap=ATTENTION_CMAP, vmin=0, vmax=1, alpha=0.65, interpolation="nearest"
             )
-            peak = float(m[b].max() / max(m[b].mean(), np.finfo(np.float64).tiny))
+            peak = peak_over_mean(m[b])
             axes[b, c].text(
                 0.97,
                 0.03,
-                f"{peak:.1f}x",
+                f"{peak:.1f}x" + (" flat" if peak < FLAT_PEAK else ""),
                 transform=axes[b, c].transAxes,
                 ha="right",
                 va="bottom",
@@ -536,7 +556,9 @@ def plot_attention_overlays(
     mappable = plt.cm.ScalarMappable(cmap=ATTENTION_CMAP, norm=plt.Normalize(0, 1))
     bar = fig.colorbar(mappable, ax=axes, shrink=min(1.0, 3.5 / B), ticks=[0, 1], aspect=25)
     bar.ax.set_yticklabels(["least", "most"])
-    bar.set_label("attention (each map scaled to its own range)", fontsize=8)
+    bar.set_label(
+        "attention (each map to its own range; flatter than 2x, less contrast)", fontsize=8
+    )
     if title:
         fig.suptitle(title, fontsize=11)
     note = (note + "\n" if note else "") + (
