@@ -8,11 +8,18 @@
 # token. Those probabilities are numbers we can read, and Section 4.5 of
 # the paper reads them: Figure 6 shows, over the input images, which parts
 # of the image reach the class token, the token the classifier looks at
-# (Eq. 4).
+# (Eq. 4). Our default model reads something else: the average of the patch
+# tokens (``pool="mean"``, global average pooling, which the paper's
+# Appendix D.3 finds as good as the class token once the learning rate
+# suits it, and which trained better here). The maps then follow that
+# average, *the readout*, instead of the class token; with a class-token
+# model (``--checkpoint`` of a ``pool="cls"`` run) they follow the class
+# token, as in the paper.
 #
-# This lesson draws two kinds of map for the model lesson 6 trained:
+# This lesson draws two kinds of map for the trained model (lesson 6's, or
+# the one shipped in ``lessons/models/``):
 #
-# * per head: the class token's row of one layer's attention, over the
+# * per head: the readout's row of one layer's attention, over the
 #   patches;
 # * attention rollout (Abnar & Zuidema 2020, the method behind Fig. 6,
 #   Appendix D.8): the attention followed through all the layers at once.
@@ -21,8 +28,8 @@
 # wrong.
 #
 # Run: ``python lessons/07_attention_maps.py [--out DIR] [--quick] [--device cuda]
-# [--data-dir PATH] [--checkpoint PATH]``. Without lesson 6's checkpoint
-# the lesson trains a short run first and says so (``--quick``: seconds).
+# [--data-dir PATH] [--checkpoint PATH]``. Without a trained model (lesson
+# 6's or the shipped one) the lesson trains a short run first and says so.
 
 # %%
 import numpy as np
@@ -37,9 +44,11 @@ dataset = load_data(args)
 model = trained_model(args, dataset).eval()
 c = model.config
 grid = model.patch_embed.grid
+reader = viz.READERS[model.pool]  # what the classifier reads: the class token, or the average
 print(
     f"the model: {c['depth']} layers of {c['heads']} heads, width {c['dim']}, "
-    f"{c['patch_size']}x{c['patch_size']}-pixel patches on a {grid}x{grid} grid"
+    f"{c['patch_size']}x{c['patch_size']}-pixel patches on a {grid}x{grid} grid; "
+    f"the classifier reads {reader}"
 )
 
 # %% [markdown]
@@ -101,28 +110,31 @@ print(f"{len(attentions)} layers, each {tuple(attentions[0].shape)} = (B, heads,
 print(f"rows sum to 1: largest error {float(abs(attentions[0].sum(axis=-1) - 1).max()):.1e}")
 
 # %% [markdown]
-# ## 3. One head's view: the class token's row
+# ## 3. One head's view: the readout's row
 #
 # Row 0 of a head's matrix is the class token's query. Its entries 1..N
-# say how much the class token takes from each patch; laid out on the
-# ``g x g`` patch grid (``viz.cls_attention``) and stretched over the image,
-# they show where that head looks. Each head has its own projections
-# (Eq. 5), so each may look somewhere else: one at the object, one at the
-# background, one at a few sharp edges. Reading the last layer shows what
-# the class token gathers just before the classifier reads it.
+# say how much the class token takes from each patch. For a model that
+# classifies the average of the patch tokens, the row to read is the
+# average of the patch tokens' rows (``viz.readout_row``): what that
+# average takes from each patch. Laid out on the ``g x g`` patch grid
+# (``viz.cls_attention``) and stretched over the image, the row shows where
+# that head looks. Each head has its own projections (Eq. 5), so each may
+# look somewhere else: one at the object, one at the background, one at a
+# few sharp edges. Reading the last layer shows what the readout gathers
+# just before the classifier reads it.
 #
 # One layer's map is not the whole story, though. By the last layer every
 # token is already a mixture of many patches, so "the class token looks at
 # token 17" no longer means "at patch 17 of the image".
 
 # %%
-heads = viz.cls_attention(attentions[-1])  # (B, heads, g, g)
-print(f"the last layer's class-token maps: {tuple(heads.shape)} = (B, heads, g, g)")
-# How much of its attention the class token keeps for itself, per head (the rest goes
-# to the patches):
-own = backend.to_numpy(attentions[-1][:, :, 0, 0]).mean(axis=0)
-for h, share in enumerate(own):
-    print(f"  last layer, head {h + 1}: the class token keeps {share:.0%} of its attention")
+heads = viz.cls_attention(attentions[-1], model.pool)  # (B, heads, g, g)
+print(f"the last layer's maps of {reader}: {tuple(heads.shape)} = (B, heads, g, g)")
+# How much attention goes to the class token rather than to the patches, per head:
+last = backend.to_numpy(attentions[-1])  # (B, heads, N+1, N+1)
+to_cls = last[:, :, 0, 0] if model.pool == "cls" else last[:, :, 1:, 0].mean(axis=-1)
+for h, share in enumerate(to_cls.mean(axis=0)):
+    print(f"  last layer, head {h + 1}: {reader} gives the class token {share:.0%}")
 
 # %% [markdown]
 # ## 4. Following the attention through the layers: rollout
@@ -136,18 +148,20 @@ for h, share in enumerate(own):
 #
 # with ``A_l`` the layer's heads averaged, and multiplies the layers
 # together, ``R = Â_L ... Â_2 Â_1``. Entry ``R[i, j]`` estimates how much of
-# input patch ``j`` has flowed into token ``i`` at the top; row 0 over the
-# patches (``viz.attention_rollout``) is the map of Fig. 6. It is a
+# input patch ``j`` has flowed into token ``i`` at the top; the readout's row
+# over the patches (``viz.attention_rollout``; row 0 for the class token, as
+# in Fig. 6) is the map. It is a
 # heuristic: it ignores the MLPs and the values' own mixing. But it uses
 # every layer, and it is what the paper draws.
 #
 # In the figures each row is one test image: the image, its rollout, and the
-# class token's map in each head of the last layer. Bright is where the
-# attention goes; each map is scaled to its own range, so even a nearly
-# flat map shows bright and dark patches. The number in a map's corner
-# tells them apart: the map's largest value over its mean, 1.0x for
-# attention spread evenly, up to N (64 on an 8x8 grid) for attention on a
-# single patch.
+# readout's map in each head of the last layer. Bright is where the
+# attention goes; each map is scaled to its own range, but a map whose
+# largest value is less than twice its mean gets proportionally less
+# contrast, so a nearly flat map is drawn nearly flat. The number in a
+# map's corner is that ratio: 1.0x for attention spread evenly ("flat"
+# below 1.25x), up to N (64 on an 8x8 grid) for attention on a single
+# patch.
 
 # %%
 for name, picked in (("right", sure_right), ("wrong", sure_wrong)):
@@ -162,7 +176,8 @@ for name, picked in (("right", sure_right), ("wrong", sure_wrong)):
         predictions[picked],
         dataset.classes,
         args.out / f"attention_{name}.png",
-        title=f"Where the class token looks: the model's most confident {name} answers",
+        title=f"Where {reader} looks: the model's most confident {name} answers",
+        pool=model.pool,
     )
     print("wrote", path)
 
@@ -184,7 +199,7 @@ def centre_share(maps):
 
 sample = np.arange(min(count, 128 if args.quick else 500))
 _, attentions = attention_of(sample)
-rollouts = {f: viz.attention_rollout(attentions, f) for f in viz.FUSIONS}
+rollouts = {f: viz.attention_rollout(attentions, f, pool=model.pool) for f in viz.FUSIONS}
 central = 100 * ((grid - 2 * (grid // 4)) / grid) ** 2
 print(f"share of the rollout on the central {central:.0f}% of the patches:")
 for fusion, maps in rollouts.items():
@@ -210,9 +225,11 @@ for fusion, maps in rollouts.items():
 # %%
 shown = np.concatenate([sure_right[:3], sure_wrong[:3]])
 _, attentions = attention_of(shown)
-columns = {f"{f} fusion": viz.attention_rollout(attentions, f) for f in viz.FUSIONS}
+columns = {
+    f"{f} fusion": viz.attention_rollout(attentions, f, pool=model.pool) for f in viz.FUSIONS
+}
 columns["mean fusion,\nlowest 90% discarded"] = viz.attention_rollout(
-    attentions, "mean", discard_ratio=0.9
+    attentions, "mean", discard_ratio=0.9, pool=model.pool
 )
 labels = [
     f"true: {dataset.classes[y_test[i]]}\npred: {dataset.classes[predictions[i]]}" for i in shown

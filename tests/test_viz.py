@@ -411,3 +411,22 @@ def test_flat_maps_are_drawn_flat_and_peaked_ones_in_full():
     assert heat.min() == 0.0 and heat.max() == 1.0
     half = np.array([[1.0, 2.0], [1.0, 1.0]])  # 1.6x: 60% of the full contrast
     assert np.ptp(attention_heat(half)) == pytest.approx(0.6)
+
+
+def test_a_mean_pooled_model_reads_the_patch_tokens_average_row():
+    """pool="mean": the map is what the average of the patch tokens takes from each patch."""
+    from tinyvit.viz import attention_rollout, cls_attention, readout_row
+
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 3, 5, 5))  # (B, heads, 1 + 4 patches, 1 + 4)
+    a /= a.sum(axis=-1, keepdims=True)
+    heads = cls_attention(a, pool="mean")
+    np.testing.assert_allclose(heads, a[:, :, 1:, 1:].mean(axis=2).reshape(2, 3, 2, 2))
+    np.testing.assert_allclose(cls_attention(a), a[:, :, 0, 1:].reshape(2, 3, 2, 2))
+    hat = a.mean(axis=1) + np.eye(5)
+    hat /= hat.sum(axis=-1, keepdims=True)  # one layer's rollout
+    np.testing.assert_allclose(
+        attention_rollout([a], pool="mean"), hat[:, 1:, 1:].mean(axis=1).reshape(2, 2, 2)
+    )
+    with pytest.raises(ValueError, match="'avg'"):
+        readout_row(a, "avg")

@@ -198,19 +198,36 @@ def attend(model, images):
     return logits, attentions
 
 
-def cls_attention(attention):
-    """Per-head attention of the class token over the patches, on the patch grid.
+def readout_row(matrix, pool="cls"):
+    """The row of a ``(..., T, T)`` token-to-token matrix that the classifier reads, over
+    the patches: ``(..., N)``.
 
-    ``attention`` is one layer's ``(B, heads, N+1, N+1)`` probabilities. Row 0
-    is the class token's query; its entries 1..N say how much it takes from
-    each patch. Returns ``(B, heads, g, g)`` with ``N = g*g``, patches row by
-    row as ``vit.patchify`` cuts them. (The rest of row 0, its attention to
-    itself, is left out, so a map sums to at most 1.)
+    ``pool="cls"``: row 0 (the class token's query), its entries 1..N. The
+    class token's own entry is left out, so the row sums to at most 1.
+    ``pool="mean"`` (``ViT(pool="mean")``, which classifies the average of
+    the patch tokens): the average of the patch tokens' rows over the patches,
+    what that average takes from each patch.
+    """
+    if pool == "cls":
+        return matrix[..., 0, 1:]
+    if pool == "mean":
+        return matrix[..., 1:, 1:].mean(axis=-2)
+    raise ValueError(f"pool must be 'cls' or 'mean', not {pool!r}")
+
+
+def cls_attention(attention, pool="cls"):
+    """Per-head attention of the token the classifier reads, over the patches, on the grid.
+
+    ``attention`` is one layer's ``(B, heads, N+1, N+1)`` probabilities.
+    With ``pool="cls"`` (the paper's ViT) it is the class token's row: how
+    much the class token takes from each patch; with ``pool="mean"`` the
+    patch tokens' average row (``readout_row``). Returns ``(B, heads, g, g)``
+    with ``N = g*g``, patches row by row as ``vit.patchify`` cuts them.
     """
     attention = _check_attention(attention)
     B, heads, T, _ = attention.shape
     g = grid_side(T)
-    return attention[:, :, 0, 1:].reshape(B, heads, g, g)  # (B, heads, g, g)
+    return readout_row(attention, pool).reshape(B, heads, g, g)  # (B, heads, g, g)
 
 
 # ---------------------------------------------------------------------------
@@ -299,18 +316,20 @@ def rollout(attentions, fusion="mean", discard_ratio=0.0):
     return result
 
 
-def attention_rollout(attentions, fusion="mean", discard_ratio=0.0):
-    """The rollout map of each image: the class token's row of ``R`` over the patches.
+def attention_rollout(attentions, fusion="mean", discard_ratio=0.0, pool="cls"):
+    """The rollout map of each image: the classifier's row of ``R`` over the patches.
 
-    Returns ``(B, g, g)``: how much of each input patch has flowed into the
-    class token by the last layer, the token the classifier reads (Eq. 4).
-    The values are as they come (they sum to 1 minus what the class token
-    kept of itself); scale them for display.
+    Returns ``(B, g, g)``: how much of each input patch has flowed, by the
+    last layer, into what the classifier reads (Eq. 4): the class token
+    (``pool="cls"``, row 0 of ``R``), or the average of the patch tokens
+    (``pool="mean"``, their rows averaged; ``readout_row``). The values are
+    as they come (they sum to 1 minus what went to the class token); scale
+    them for display.
     """
     result = rollout(attentions, fusion, discard_ratio)  # (B, T, T)
     B, T, _ = result.shape
     g = grid_side(T)
-    return result[:, 0, 1:].reshape(B, g, g)  # (B, g, g)
+    return readout_row(result, pool).reshape(B, g, g)  # (B, g, g)
 
 
 # ---------------------------------------------------------------------------
@@ -451,6 +470,7 @@ def _stretch(m):
 
 
 ATTENTION_CMAP = "inferno"
+READERS = {"cls": "the class token", "mean": "the patch tokens' average"}
 FULL_CONTRAST_PEAK = 2.0  # a map whose peak is twice its mean gets the colour map's full range
 FLAT_PEAK = 1.25  # below this peak-over-mean a map is called flat in its corner
 
@@ -579,21 +599,24 @@ def plot_attention_grid(
     fusion="mean",
     discard_ratio=0.0,
     title=None,
+    pool="cls",
 ) -> Path:
-    """Per image: the image, its attention rollout, and the class token's map for each head.
+    """Per image: the image, its attention rollout, and the classifier's map for each head.
 
     ``attentions`` is ``model.attention_maps()`` for these ``images``;
-    ``layer`` picks the layer whose heads are shown (default: the last).
-    Rows are labelled with the true and the predicted class, green when
-    they agree and red when they do not.
+    ``layer`` picks the layer whose heads are shown (default: the last);
+    ``pool`` is the model's (``model.pool``): the maps follow the class
+    token, or the average of the patch tokens. Rows are labelled with the
+    true and the predicted class, green when they agree and red when they
+    do not.
     """
     layers = _check_layers(attentions)
     depth = len(layers)
     index = layer % depth if -depth <= layer < depth else None
     if index is None:
         raise ValueError(f"layer {layer} does not exist: the model has {depth} layers")
-    heads = cls_attention(layers[index])  # (B, heads, g, g)
-    columns = {"rollout\n(all layers)": attention_rollout(layers, fusion, discard_ratio)}
+    heads = cls_attention(layers[index], pool)  # (B, heads, g, g)
+    columns = {"rollout\n(all layers)": attention_rollout(layers, fusion, discard_ratio, pool)}
     for h in range(heads.shape[1]):
         columns[f"layer {index + 1}\nhead {h + 1}"] = heads[:, h]
     labels, predictions = backend.to_numpy(labels), backend.to_numpy(predictions)
@@ -602,7 +625,7 @@ def plot_attention_grid(
     note = (
         f"rollout: heads fused by {fusion}"
         + (f", lowest {discard_ratio:.0%} of links discarded" if discard_ratio else "")
-        + f"; head columns: the class token's attention over the patches in layer {index + 1}"
+        + f"; head columns: {READERS[pool]}'s attention over the patches in layer {index + 1}"
     )
     return plot_attention_overlays(images, columns, path, row_labels, colours, title, note)
 
