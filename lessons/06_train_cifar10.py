@@ -49,7 +49,7 @@ try:
     history = trainer.fit(resume=True)
 except RunError as error:  # e.g. a --quick run in the folder of a full one
     fail(f"{error} (use another --out)")
-if trainer.epoch < config.epochs:
+if trainer.step < trainer.total_steps:
     fail("stopped by Ctrl-C; run the lesson again to continue", 130)
 print("wrote", args.out / "curves.png")
 
