@@ -115,14 +115,17 @@ print(f"unchanged model at {model.image_size} x {model.image_size}: {100 * basel
 # ``tinyvit.interop.load_official``, asking for 5 classes at the new
 # resolution: the loader removes the head, attaches a zero-initialised one
 # and resamples the position embeddings. (The official models use the tanh
-# form of GELU; ours uses the exact one, so we say so.) The same recipe
+# form of GELU; ours uses the exact one, so we say so. Nor does the layout
+# record what the head reads: the class token, or, in our default model, the
+# average of the patch tokens, ``pool="mean"``; so we say that too.) The same recipe
 # applies directly to a tinyvit model with ``interop.for_finetuning``; the
 # two give the same weights.
 
 # %%
 size = args.resolution
 official = write_npz(args.out / "pretrained_official_layout.npz", to_official(model))
-tuned = load_official(official, num_classes=len(TASK), image_size=size, gelu=model.config["gelu"])
+tuned = load_official(official, num_classes=len(TASK), image_size=size,
+                      gelu=model.config["gelu"], pool=model.pool)  # fmt: skip
 tuned.to(args.device)
 direct = for_finetuning(model, num_classes=len(TASK), image_size=size)
 reference = direct.state_dict()

@@ -157,8 +157,9 @@ def load_official(path, num_classes=None, image_size=None, interpolation="bicubi
 
     The configuration is read off the arrays' shapes. ``num_classes`` and
     ``image_size`` apply the fine-tuning recipe (``adapt``); ``changes`` set
-    other configuration entries (``pool`` cannot change: the weights were
-    trained for the class token). Official models expect inputs scaled to
+    other configuration entries: ``gelu``, or ``pool="mean"`` for arrays that
+    ``to_official`` wrote from a mean-pooled tinyvit model (the layout does not
+    record what the head reads). Official models expect inputs scaled to
     ``[-1, 1]``.
     """
     config, state = official_to_state_dict(read_npz(path))
@@ -171,9 +172,12 @@ def load_official(path, num_classes=None, image_size=None, interpolation="bicubi
 def to_official(model: ViT) -> dict:
     """``model``'s weights as the arrays of an official ``ViT-*.npz`` (the inverse of
     ``interop.official_to_state_dict``): kernels ``(in, out)``, the patch kernel
-    ``(P, P, C, D)``, queries, keys and values as ``(D, heads, D_h)`` kernels."""
-    if model.pool != "cls":
-        raise ValueError("the official layout is for class-token models (pool='cls')")
+    ``(P, P, C, D)``, queries, keys and values as ``(D, heads, D_h)`` kernels.
+
+    A mean-pooled model (``pool="mean"``) keeps its class token in the sequence,
+    so its arrays fit this layout too; the layout cannot say that its head reads
+    the patch tokens' average, so read it back with ``load_official(...,
+    pool="mean")``. (The official ``gap`` models have no class token at all.)"""
     s = model.state_dict()
     D, H = model.config["dim"], model.config["heads"]
     Dh = D // H
