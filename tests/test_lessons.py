@@ -18,7 +18,7 @@ FIGURES = {
     "03_image_as_sequence.py": ["patch_grid.png", "patch_sequence.png", "embedding.png"],
     "04_self_attention.py": ["attention_heads.png", "softmax_scaling.png"],
     "05_the_whole_vit.py": ["residual_updates.png", "parameters.png"],
-    "06_train_cifar10.py": ["curves.png", "confusion.png"],
+    "06_train_cifar10.py": ["patch_dropout.png", "curves.png", "confusion.png"],
     "07_attention_maps.py": ["attention_right.png", "attention_wrong.png", "rollout_fusions.png"],
     "08_what_it_learned.py": [
         "embedding_filters.png",
