@@ -1,0 +1,45 @@
+"""The trained model that ships with the lessons (lessons/models/): it loads, it is the
+default CPU recipe's model, and it still gets the first 1,000 CIFAR-10 test images right
+as often as its provenance says (skipped without CIFAR-10 beside the repository)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinyvit
+from tinyvit import data
+from tinyvit.lesson import SHIPPED_MODEL
+from tinyvit.loop import evaluate
+from tinyvit.train import RECIPES, TrainConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PROVENANCE = SHIPPED_MODEL.with_suffix(".json")
+
+
+def test_the_shipped_model_is_the_default_recipes_model():
+    model = tinyvit.load(SHIPPED_MODEL)
+    recipe = {**TrainConfig().__dict__, **RECIPES["cpu"]}
+    assert model.config == tinyvit.ViT(**TrainConfig(**recipe).model_config(10)).config
+    assert sum(p.data.size for p in model.parameters()) == 460_906
+    assert all(p.data.dtype == np.float32 for p in model.parameters())
+    assert SHIPPED_MODEL.stat().st_size < 2_500_000  # about 2 MB, as the issue asked
+    provenance = json.loads(PROVENANCE.read_text())
+    assert provenance["command"].startswith("python -m tinyvit.train")
+    assert provenance["test_accuracy"] > 0.72
+
+
+@pytest.mark.skipif(
+    not (SHARED / "cifar-10-batches-bin").is_dir(), reason="CIFAR-10 is not in ../shared/data"
+)
+def test_the_shipped_model_gets_its_first_1000_test_images_right():
+    """The count may move by an image or two between the kernels and the reference ops
+    (float32 sums in another order), never by more."""
+    dataset = data.load_cifar10(SHARED, download=False)
+    model = tinyvit.load(SHIPPED_MODEL)
+    result = evaluate(model, dataset.x_test[:1000], dataset.y_test[:1000])
+    expected = json.loads(PROVENANCE.read_text())["first_1000_test_accuracy"]
+    assert abs(result.accuracy - expected) <= 0.003, (result.accuracy, expected)
