@@ -20,7 +20,7 @@ import tinyvit
 import tinyvit.functional as F
 from tinyvit import Tensor, gradcheck, kernels
 from tinyvit.backend import to_numpy
-from tinyvit.kernels import cpu_runtime
+from tinyvit.kernels import cpu, cpu_runtime
 from tinyvit.kernels.fast_math import (
     TANH_CDF_CLAMP,
     TANH_CDF_COEFFICIENTS,
@@ -326,6 +326,42 @@ def test_parallel_runs_every_item_and_reraises(monkeypatch):
 needs_openblas = pytest.mark.skipif(
     cpu_runtime.blas_thread_timeout() is None, reason="NumPy here does not use OpenBLAS"
 )
+
+
+@pytest.mark.skipif(
+    cpu_runtime._blas_thread_functions() is None, reason="no OpenBLAS thread count to set"
+)
+def test_openblas_has_one_thread_inside_and_its_count_back_after(monkeypatch):
+    """Two pool threads each running a threaded product fight over the cores (the
+    attention at 145 tokens took 100x longer): the attention's large products run with
+    one OpenBLAS thread, and the count comes back after, also after an error."""
+    set_threads, get_threads = cpu_runtime._blas_thread_functions()
+    before = int(get_threads())
+    try:
+        set_threads(2)
+        with cpu_runtime.one_blas_thread():
+            assert int(get_threads()) == 1
+        assert int(get_threads()) == 2
+        with pytest.raises(ValueError, match="inside"):
+            with cpu_runtime.one_blas_thread():
+                raise ValueError("inside")
+        assert int(get_threads()) == 2
+
+        seen = []  # the attention switches for products above OpenBLAS's threshold only
+        real = cpu_runtime.one_blas_thread
+
+        def spy():
+            seen.append(True)
+            return real()
+
+        monkeypatch.setattr(cpu, "one_blas_thread", spy)
+        for tokens, switched in ((65, False), (145, True)):
+            seen.clear()
+            qkv = Tensor(np.ones((2, tokens, 3 * 96), np.float32), requires_grad=True)
+            cpu.self_attention(qkv, 3).sum().backward()
+            assert seen == [True, True] if switched else seen == [], tokens
+    finally:
+        set_threads(before)
 
 
 @needs_openblas

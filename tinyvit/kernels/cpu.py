@@ -27,6 +27,7 @@ is in ``kernels/__init__.py``.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -34,7 +35,13 @@ from .. import functional as F
 from ..backend import xp_of
 from ..special import normal_cdf
 from ..tensor import Tensor, as_tensor, is_grad_enabled
-from .cpu_runtime import for_each_chunk, parallel, row_blocks
+from .cpu_runtime import (
+    BLAS_THREADED_PRODUCT,
+    for_each_chunk,
+    one_blas_thread,
+    parallel,
+    row_blocks,
+)
 from .fast_math import normal_cdf_tanh
 
 # ---------------------------------------------------------------------------
@@ -285,6 +292,13 @@ def gelu(x, approximate="none") -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+def _blas_inside(q, k):
+    """One OpenBLAS thread while the pool runs products large enough for OpenBLAS to
+    thread them itself (``cpu_runtime``'s text); nothing to switch for smaller ones."""
+    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    return one_blas_thread() if n * m * d > BLAS_THREADED_PRODUCT else nullcontext()
+
+
 def _attention_blocks(q, k, v, out, attn, scale):
     """The forward in blocks of the first axis: scores, softmax, weighted values."""
     xp = xp_of(q)
@@ -296,7 +310,8 @@ def _attention_blocks(q, k, v, out, attn, scale):
         _softmax_rows(scores, scores)  # A = softmax(q k^T / sqrt(D_h)), Eq. 6
         xp.matmul(scores, v[s], out=out[s])  # SA = A v, Eq. 7: (b, heads, N, dv)
 
-    parallel(block, row_blocks(attn))
+    with _blas_inside(q, k):
+        parallel(block, row_blocks(attn))
 
 
 def _attention_backward_blocks(g, q, k, v, attn, scale, gq, gk, gv):
@@ -316,7 +331,8 @@ def _attention_backward_blocks(g, q, k, v, attn, scale, gq, gk, gv):
         if gk is not None:
             xp.matmul(xp.swapaxes(gs, -1, -2), q[s], out=gk[s])  # dK = scale dS^T Q
 
-    parallel(block, row_blocks(attn))
+    with _blas_inside(q, k):
+        parallel(block, row_blocks(attn))
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):

@@ -14,6 +14,15 @@ the first finds its data in cache (``row_blocks``, ``CHUNK_ELEMENTS``).
 handed to a pool of one thread per core run side by side (``parallel``,
 ``for_each_chunk``; ``$TINYVIT_THREADS`` sets the count).
 
+**Products inside blocks.** The attention runs its matrix products block by
+block on the pool. OpenBLAS threads a product above a size (``m n k`` over
+2^18 by default: 145 tokens of 32 channels, at 48 x 48 pixels, is above it;
+65 is not), and two pool threads, each asking OpenBLAS for two more, fight
+over two cores: the attention of a fine-tuning step at 48 x 48 took 100x
+longer. For products that large the attention asks OpenBLAS for one thread
+while the pool works (``one_blas_thread``), and gives the count back after;
+smaller ones skip the switch, which costs more than they take.
+
 **OpenBLAS's idle threads.** After each matrix product, OpenBLAS's worker
 threads keep spinning for about 2^28 cycles (a tenth of a second), waiting for
 the next product, and on a machine with few cores they take the cores our
@@ -41,11 +50,13 @@ import ctypes
 import ctypes.util
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from .. import backend
 
 CHUNK_ELEMENTS = 1 << 17  # per array per block: 512 KB of float32 (a whole step:
 # 4% faster than 256 KB or 1 MB on a 2 MB L2 cache)
+BLAS_THREADED_PRODUCT = 1 << 18  # m n k above which OpenBLAS threads a product (its default)
 BLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles of spinning, then sleep
 
 _pool = None
@@ -134,6 +145,44 @@ def _loaded_openblas():
             continue
         return library
     return None
+
+
+# The entry points that set and read OpenBLAS's thread count, by build: plain, and
+# the 64-bit-integer builds NumPy's wheels carry (scipy-openblas, symbols renamed).
+_SET_THREADS = ("openblas_set_num_threads", "scipy_goto_set_num_threads64_",
+                "goto_set_num_threads64_", "goto_set_num_threads")  # fmt: skip
+_GET_THREADS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+                "openblas_get_num_threads64_")  # fmt: skip
+
+
+def _blas_thread_functions():
+    """OpenBLAS's (set, get) thread-count functions, or None."""
+    library = _loaded_openblas()
+    if library is None:
+        return None
+    set_ = next((getattr(library, n) for n in _SET_THREADS if hasattr(library, n)), None)
+    get = next((getattr(library, n) for n in _GET_THREADS if hasattr(library, n)), None)
+    return None if set_ is None or get is None else (set_, get)
+
+
+@contextmanager
+def one_blas_thread():
+    """Matrix products inside run on one OpenBLAS thread; the count is restored after
+    (see the module's text). Does nothing where OpenBLAS is not loaded."""
+    functions = _blas_thread_functions()
+    if functions is None:
+        yield
+        return
+    set_threads, get_threads = functions
+    before = int(get_threads())
+    if before == 1:
+        yield
+        return
+    set_threads(1)
+    try:
+        yield
+    finally:
+        set_threads(before)
 
 
 def blas_thread_timeout():
