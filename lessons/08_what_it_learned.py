@@ -18,8 +18,9 @@
 # of the same shape: the difference is what training put there.
 #
 # Run: ``python lessons/08_what_it_learned.py [--out DIR] [--quick] [--device cuda]
-# [--data-dir PATH] [--checkpoint PATH]``. Without lesson 6's checkpoint
-# the lesson trains a short run first and says so (``--quick``: seconds).
+# [--data-dir PATH] [--checkpoint PATH]``. It looks into lesson 6's model,
+# else the one shipped in ``lessons/models/``; without either it trains a
+# short run first and says so (``--quick``: seconds).
 
 # %%
 import numpy as np

@@ -20,10 +20,11 @@
 #   pre-trained position embeddings, according to their location in the
 #   original image" (``tinyvit.resample.resample_pos_embed``).
 #
-# Here the pre-trained model is lesson 6's CIFAR-10 model (or, without its
-# checkpoint, a short run trained now). The downstream task is a harder
-# slice of CIFAR-10, the five animals a small model confuses most (bird,
-# cat, deer, dog, horse), at 48 x 48 pixels: the 32 x 32 images are
+# Here the pre-trained model is lesson 6's CIFAR-10 model, else the one
+# shipped in ``lessons/models/`` (without either, a short run trained now).
+# The downstream task is a harder slice of CIFAR-10, the five animals a
+# small model confuses most (bird, cat, deer, dog, horse), at 48 x 48
+# pixels: the 32 x 32 images are
 # upsampled bilinearly, so with 4-pixel patches the sequence grows from
 # 8 x 8 = 64 to 12 x 12 = 144 patches. (Upsampling adds no detail; in the
 # paper the higher resolution brings real detail too.) We compare, for the
@@ -32,8 +33,8 @@
 #
 # Run: ``python lessons/09_fine_tuning.py [--out DIR] [--quick] [--device cuda]
 # [--data-dir PATH] [--checkpoint PATH] [--resolution 48] [--steps 300]``. The
-# full run takes about 8 minutes on a 2-core CPU with lesson 6's checkpoint
-# (about 7 more to train a short run without it); ``--quick`` takes seconds.
+# full run takes about 6 minutes on a 2-core CPU (about 3 more to train a
+# short run when there is no model); ``--quick`` takes seconds.
 
 # %%
 import numpy as np

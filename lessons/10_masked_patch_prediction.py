@@ -29,7 +29,7 @@
 #
 # Run: ``python lessons/10_masked_patch_prediction.py [--out DIR] [--quick]
 # [--device cuda] [--data-dir PATH] [--pretrain-steps 1500] [--finetune-steps
-# 750]``. The full run takes about 15 minutes on a 2-core CPU; ``--quick``
+# 750]``. The full run takes about 10 minutes on a 2-core CPU; ``--quick``
 # takes seconds.
 
 # %%
