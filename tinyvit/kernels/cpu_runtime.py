@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -155,6 +156,7 @@ _GET_THREADS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
                 "openblas_get_num_threads64_")  # fmt: skip
 
 
+@functools.cache  # looked up once: finding the library reads /proc/self/maps (1 ms)
 def _blas_thread_functions():
     """OpenBLAS's (set, get) thread-count functions, or None."""
     library = _loaded_openblas()
