@@ -451,9 +451,15 @@ def random_crop(images, padding: int, rng: np.random.Generator, fill: int = 0):
     p = int(padding)
     if p == 0:
         return images.copy()
-    offsets = rng.integers(0, 2 * p + 1, size=(2, b))  # top and left corner of each window
-    top, left, rows = (xp.asarray(a) for a in (offsets[0], offsets[1], np.arange(b)))
+    top, left = _draw_crop(rng, b, p)
+    top, left, rows = (xp.asarray(a) for a in (top, left, np.arange(b)))
     return _crop(images, p, top, left, rows, fill)
+
+
+def _draw_crop(rng, n, padding):
+    """``random_crop``'s draw: the top and the left corner of each image's window."""
+    offsets = rng.integers(0, 2 * padding + 1, size=(2, n))
+    return offsets[0], offsets[1]
 
 
 def _crop(images, p, top, left, rows, fill=0):
@@ -471,8 +477,13 @@ def _crop(images, p, top, left, rows, fill=0):
 
 def horizontal_flip(images, rng: np.random.Generator, p: float = 0.5):
     """Mirror each image left-right with probability ``p``."""
-    flip = xp_of(images).asarray(rng.random(images.shape[0]) < p)  # (B,)
+    flip = xp_of(images).asarray(_draw_flip(rng, images.shape[0], p))  # (B,)
     return _flip(images, flip)
+
+
+def _draw_flip(rng, n, p=0.5):
+    """``horizontal_flip``'s draw: which of ``n`` images are mirrored, ``(n,)`` bool."""
+    return rng.random(n) < p
 
 
 def _flip(images, flip):
@@ -914,9 +925,14 @@ def mixup(images, labels, alpha: float, rng: np.random.Generator, num_classes: i
     probabilities ``(B, K)``. The targets come back as probabilities
     ``(B, num_classes)`` mixed with the same lam and the same partners.
     """
+    lam, perm = _draw_mixup(rng, images.shape[0], alpha)
+    return _mixup(images, labels, lam, xp_of(images).asarray(perm), num_classes)
+
+
+def _draw_mixup(rng, n, alpha):
+    """Mixup's draws: the mixing weight and each image's partner (host)."""
     lam = float(rng.beta(alpha, alpha))
-    perm = xp_of(images).asarray(rng.permutation(images.shape[0]))  # each image's partner
-    return _mixup(images, labels, lam, perm, num_classes)
+    return lam, rng.permutation(n)
 
 
 def _mixup(images, labels, lam, perm, num_classes):
@@ -984,6 +1000,9 @@ def augment_batch(images, rng, policy: str = "basic", *, num_ops: int = 2, magni
     return apply_augmentation(images, plan, _on_device(plan, images))
 
 
+CROP_PADDING = 4  # the random crop of "basic" and "randaugment"
+
+
 def draw_augmentation(rng, shape, policy: str, *, num_ops: int = 2, magnitude: float = 9):
     """Every random draw of ``policy`` for a batch of ``shape``, in the order the ops make
     them: ``{"policy", "rounds", "prefix", "arrays"}``, ``arrays`` being host arrays."""
@@ -994,15 +1013,11 @@ def draw_augmentation(rng, shape, policy: str, *, num_ops: int = 2, magnitude: f
         plan.update(_draw_rand_augment(rng, shape, num_ops, magnitude, 31, None))
     n = shape[0]
     if policy in ("basic", "randaugment"):  # random_crop's draw, padding 4
-        offsets = rng.integers(0, 2 * CROP_PADDING + 1, size=(2, n))  # top and left corners
-        plan["arrays"].update({"crop.top": offsets[0], "crop.left": offsets[1],
-                               "crop.rows": np.arange(n)})  # fmt: skip
+        top, left = _draw_crop(rng, n, CROP_PADDING)
+        plan["arrays"].update({"crop.top": top, "crop.left": left, "crop.rows": np.arange(n)})
     if policy != "none":  # horizontal_flip's draw
-        plan["arrays"]["flip"] = rng.random(n) < 0.5
+        plan["arrays"]["flip"] = _draw_flip(rng, n)
     return plan
-
-
-CROP_PADDING = 4
 
 
 def apply_augmentation(images, plan, on_device):
@@ -1097,8 +1112,8 @@ def _draw_mix(rng, shape, mixup_alpha, cutmix_alpha):
     else:
         return {"kind": None, "arrays": {}}
     if use_mixup:
-        lam = float(rng.beta(mixup_alpha, mixup_alpha))
-        return {"kind": "mixup", "lam": lam, "arrays": {"mix.perm": rng.permutation(shape[0])}}
+        lam, perm = _draw_mixup(rng, shape[0], mixup_alpha)
+        return {"kind": "mixup", "lam": lam, "arrays": {"mix.perm": perm}}
     box, perm = _draw_cutmix(rng, shape, cutmix_alpha)
     return {"kind": "cutmix", "box": box, "arrays": {"mix.perm": perm}}
 
