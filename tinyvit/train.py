@@ -627,12 +627,16 @@ class Trainer:
         """The median time of this process's first steps (the very first are slower)."""
         return float(np.median(self._step_seconds[BUDGET_STEPS[0] :] or self._step_seconds))
 
+    def tested_weights(self):
+        """A context in which the model has the weights that are tested and saved: the
+        moving average when the run keeps one (``--ema``), else the trained ones."""
+        return self.ema.applied_to(self.model) if self.ema else contextlib.nullcontext()
+
     def test(self, limit=None, desc="testing", tta=False):
         """``evaluate`` on the test images (the first ``limit``), with the EMA's weights when
         the run keeps one (and, with ``tta``, each image also seen mirrored)."""
         c = self.config
-        averaged = self.ema.applied_to(self.model) if self.ema else contextlib.nullcontext()
-        with averaged:
+        with self.tested_weights():
             return evaluate(
                 self.model, self.x_test[:limit], self.y_test[:limit],
                 batch_size=c.eval_batch_size, progress=self.progress and limit is None,
@@ -780,8 +784,7 @@ class Trainer:
                     )
                     return self.history
             self.final_test()
-            averaged = self.ema.applied_to(self.model) if self.ema else contextlib.nullcontext()
-            with self._writing(), averaged:  # the weights that were tested
+            with self._writing(), self.tested_weights():
                 checkpoint.save(self.model, self.out / MODEL)
         except TrainingDiverged as error:
             error.epoch, error.advice = self.epoch + 1, self._divergence_advice()
