@@ -170,6 +170,9 @@ print("wrote", save_figure(fig, args.out / "pos_embed_resampled.png"))
 # 48 x 48 images. The pre-trained model takes gentle steps (peak learning
 # rate 3e-4, so as not to wash out what it knows); the model from scratch
 # takes the larger steps that suit random weights (1e-3, lesson 6's rate).
+# Both keep the pre-trained model's configuration, PatchDropout included
+# when it was trained with it (the shipped model was: half the patch tokens
+# in every training step, all of them in every test).
 # (The paper fine-tunes with SGD and momentum at batch 512, with the
 # learning rate picked per task from a small sweep.)
 
