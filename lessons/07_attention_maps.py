@@ -234,13 +234,13 @@ columns["mean fusion,\nlowest 90% discarded"] = viz.attention_rollout(
 labels = [
     f"true: {dataset.classes[y_test[i]]}\npred: {dataset.classes[predictions[i]]}" for i in shown
 ]
-colours = ["tab:green" if predictions[i] == y_test[i] else "tab:red" for i in shown]
+colors = ["tab:green" if predictions[i] == y_test[i] else "tab:red" for i in shown]
 path = viz.plot_attention_overlays(
     x_test[shown],
     columns,
     args.out / "rollout_fusions.png",
     row_labels=labels,
-    row_colours=colours,
+    row_colors=colors,
     title="Attention rollout with the heads fused in different ways",
 )
 print("wrote", path)

@@ -1,4 +1,5 @@
-"""Looking inside: attention maps, rollout, attention distance, Figure 7 (tinyvit/viz.py)."""
+"""Looking inside: attention maps, rollout, attention distance, Figure 7
+(tinyvit/inspection.py computes them, tinyvit/viz.py draws them)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ The package follows the paper's data flow, low to high:
     finetune    Section 3.2: a new head, a new resolution, a short supervised run
     pretrain    Section 4.6: masked patch prediction
     fewshot     the paper's few-shot linear probe on frozen features
-    viz         figures: curves, attention maps, rollout, Figure 7
+    inspection  Section 4.5: attention maps, rollout, attention distance, the embeddings
+    viz         figures: curves, attention over images, Figure 7
     lesson      the command line the lessons share
 """
 
