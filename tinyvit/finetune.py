@@ -27,6 +27,40 @@ from .resample import interpolate
 from .vit import ViT
 
 
+def _checked_arguments(model, x_train, y_train, y_test, steps, batch_size, lr):
+    """``x_train`` as uint8 images and the model's number of classes, once every argument
+    that a run needs is known to be good: a bad one fails before any training."""
+    x_train = uint8_images(x_train, "x_train")
+    checks.POSITIVE_INT.check("finetune: steps", steps)
+    checks.POSITIVE_INT.check("finetune: batch_size", batch_size)
+    checks.POSITIVE.check("finetune: lr", lr)
+    if batch_size > len(x_train):
+        raise ValueError(f"batch_size {batch_size} is larger than the {len(x_train)} images")
+    classes = model.config["num_classes"]
+    if int(np.max(y_train)) >= classes or int(np.max(y_test)) >= classes:
+        raise ValueError(f"labels go beyond the model's {classes} classes")
+    return x_train, classes
+
+
+def _test_steps(steps, eval_every) -> set:
+    """The steps after which the model is tested: every ``eval_every`` and the last, or
+    eight evenly spaced ones."""
+    if eval_every:
+        return set(range(eval_every, steps + 1, eval_every)) | {steps}
+    return {max(1, round(steps * k / 8)) for k in range(1, 9)}  # the last at the end
+
+
+def _test_record(model, x_test, y_test, step, losses, started) -> dict:
+    """The record of ``step``: the mean training loss since the last test, the test accuracy
+    and the seconds since the start."""
+    return dict(
+        step=step,
+        train_loss=float(np.mean(losses)),
+        test_acc=evaluate(model, x_test, y_test).accuracy,
+        seconds=time.perf_counter() - started,
+    )
+
+
 def finetune(
     model: ViT,
     x_train,
@@ -48,9 +82,9 @@ def finetune(
     log=print,
     name="fine-tune",
 ):
-    """Train ``model`` on labelled uint8 images for ``steps`` steps, testing as it goes.
+    """Train ``model`` on labeled uint8 images for ``steps`` steps, testing as it goes.
 
-    Images are normalised, augmented (``augment``: a ``data.AUGMENTS``
+    Images are normalized, augmented (``augment``: a ``data.AUGMENTS``
     policy) and resized to the model's resolution. AdamW, linear warm-up
     (default: a tenth of the steps) and cosine decay, label smoothing and
     clipping: the recipe of ``tinyvit.train``. (The paper fine-tunes with
@@ -60,19 +94,8 @@ def finetune(
     Returns a list of ``{step, train_loss, test_acc, seconds}`` records; the
     model is trained in place.
     """
-    x_train = uint8_images(x_train, "x_train")
-    checks.POSITIVE_INT.check("finetune: steps", steps)
-    checks.POSITIVE_INT.check("finetune: batch_size", batch_size)
-    checks.POSITIVE.check("finetune: lr", lr)
-    if batch_size > len(x_train):
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(x_train)} images")
-    classes = model.config["num_classes"]
-    if int(np.max(y_train)) >= classes or int(np.max(y_test)) >= classes:
-        raise ValueError(f"labels go beyond the model's {classes} classes")
-    if eval_every:
-        eval_at = set(range(eval_every, steps + 1, eval_every)) | {steps}
-    else:  # eight evenly spaced tests, the last at the end
-        eval_at = {max(1, round(steps * k / 8)) for k in range(1, 9)}
+    x_train, classes = _checked_arguments(model, x_train, y_train, y_test, steps, batch_size, lr)
+    eval_at = _test_steps(steps, eval_every)
     warmup = steps // 10 if warmup_steps is None else warmup_steps
     optimizer, schedule = adamw_with_schedule(model, lr, weight_decay, steps, warmup)
     dtype = model.pos_embed.dtype
@@ -95,21 +118,13 @@ def finetune(
             losses.append(loss)
             step += 1
             if step in eval_at:
-                accuracy = evaluate(model, x_test, y_test).accuracy
-                history.append(
-                    dict(
-                        step=step,
-                        train_loss=float(np.mean(losses)),
-                        test_acc=accuracy,
-                        seconds=time.perf_counter() - started,
-                    )
-                )
+                history.append(_test_record(model, x_test, y_test, step, losses, started))
                 losses = []
                 if log:
                     log(
                         f"{name} step {step:>5}/{steps}  train loss "
-                        f"{history[-1]['train_loss']:.3f}  test accuracy {100 * accuracy:.1f}%  "
-                        f"{history[-1]['seconds']:.0f} s"
+                        f"{history[-1]['train_loss']:.3f}  test accuracy "
+                        f"{100 * history[-1]['test_acc']:.1f}%  {history[-1]['seconds']:.0f} s"
                     )
             if step == steps:
                 break

@@ -80,6 +80,100 @@ def _scalar(fn, inputs, weights):
     return float((data * weights).sum())
 
 
+def _tensors_to_check(inputs, params, names):
+    """``(name, tensor)`` for each input with ``requires_grad`` and each of ``params``."""
+    labels = list(names) if names is not None else [f"input {i}" for i in range(len(inputs))]
+    named = [
+        (label, t) for label, t in zip(labels, inputs) if isinstance(t, Tensor) and t.requires_grad
+    ]
+    if isinstance(params, dict):
+        params = params.items()
+    for i, item in enumerate(params):
+        named.append(item if isinstance(item, tuple) else (f"param {i}", item))
+    if not named:
+        raise ValueError(
+            "gradcheck: nothing to check; give inputs with requires_grad=True or params"
+        )
+    for name, t in named:
+        if t.dtype != np.float64:
+            raise TypeError(
+                f"gradcheck needs float64 tensors, but {name} is {t.dtype}: central differences "
+                "in float32 are too coarse to judge a gradient. Use .astype(numpy.float64)."
+            )
+    return named
+
+
+def _analytic_gradients(fn, inputs, named, rng):
+    """The random weights ``R`` and, per checked tensor, the gradient of ``sum(f * R)``
+    that ``backward()`` computes (as NumPy); the tensors' own ``.grad`` are left as they were.
+    """
+    # The analytic gradient of sum(f * R) is the backward of f with upstream gradient R.
+    out = fn(*inputs)
+    if not isinstance(out, Tensor) or not out.requires_grad:
+        raise ValueError("gradcheck: fn must return a Tensor that depends on the checked tensors")
+    xp = xp_of(out.data)
+    weights = xp.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
+    saved = [t.grad for _, t in named]
+    for _, t in named:
+        t.grad = None
+    out.backward(weights)
+    analytic = [
+        backend.to_numpy(t.grad) if t.grad is not None else np.zeros(t.shape) for _, t in named
+    ]
+    for (_, t), g in zip(named, saved):
+        t.grad = g
+    return weights, analytic
+
+
+def _numerical_gradient(fn, inputs, weights, t, flat, eps):
+    """Central differences of ``sum(fn(*inputs) * weights)`` at the flat indices ``flat`` of
+    ``t``, each coordinate nudged by ``+-eps`` in place and put back."""
+    numerical = np.empty(len(flat))
+    for j, f in enumerate(flat):
+        index = np.unravel_index(f, t.shape)
+        original = t.data[index].item()
+        t.data[index] = original + eps
+        plus = _scalar(fn, inputs, weights)
+        t.data[index] = original - eps
+        minus = _scalar(fn, inputs, weights)
+        t.data[index] = original
+        numerical[j] = (plus - minus) / (2 * eps)
+    return numerical
+
+
+def _compare(name, t, grad, flat, numerical, atol, rtol) -> GradcheckRow:
+    """The row of the report for ``t``: its analytic gradient ``grad`` against ``numerical``."""
+    ana = grad.reshape(-1)[flat]
+    err = np.abs(ana - numerical)
+    scale = np.maximum(np.abs(ana), np.abs(numerical))
+    rel = np.divide(err, scale, out=np.zeros_like(err), where=scale > 0)
+    worst = int(np.argmax(err - (atol + rtol * np.abs(numerical)))) if len(flat) else 0
+    return GradcheckRow(
+        name=name,
+        shape=tuple(t.shape),
+        checked=len(flat),
+        max_abs_error=float(err.max(initial=0.0)),
+        max_rel_error=float(rel.max(initial=0.0)),
+        worst_index=tuple(int(i) for i in np.unravel_index(flat[worst], t.shape))
+        if len(flat)
+        else (),
+        analytic=float(ana[worst]) if len(flat) else 0.0,
+        numerical=float(numerical[worst]) if len(flat) else 0.0,
+        ok=bool(np.all(err <= atol + rtol * np.abs(numerical))),
+    )
+
+
+def _mismatch(report) -> GradcheckError:
+    """The error that names each failing tensor, where it fails, and both gradients there."""
+    bad = [r for r in report.rows if not r.ok]
+    detail = "; ".join(
+        f"{r.name} {r.shape}: at index {r.worst_index} backward() gives {r.analytic:.6g} "
+        f"but the numerical gradient is {r.numerical:.6g}"
+        for r in bad
+    )
+    return GradcheckError(f"gradient mismatch: {detail}\n{report}")
+
+
 def gradcheck(
     fn,
     inputs,
@@ -109,87 +203,19 @@ def gradcheck(
     use ``dropout`` with ``training=False`` or a freshly seeded generator.
     """
     inputs = tuple(inputs)
-    labels = list(names) if names is not None else [f"input {i}" for i in range(len(inputs))]
-    named = [
-        (label, t) for label, t in zip(labels, inputs) if isinstance(t, Tensor) and t.requires_grad
-    ]
-    if isinstance(params, dict):
-        params = params.items()
-    for i, item in enumerate(params):
-        named.append(item if isinstance(item, tuple) else (f"param {i}", item))
-    if not named:
-        raise ValueError(
-            "gradcheck: nothing to check; give inputs with requires_grad=True or params"
-        )
-    for name, t in named:
-        if t.dtype != np.float64:
-            raise TypeError(
-                f"gradcheck needs float64 tensors, but {name} is {t.dtype}: central differences "
-                "in float32 are too coarse to judge a gradient. Use .astype(numpy.float64)."
-            )
-
-    # The analytic gradient of sum(f * R) is the backward of f with upstream gradient R.
-    out = fn(*inputs)
-    if not isinstance(out, Tensor) or not out.requires_grad:
-        raise ValueError("gradcheck: fn must return a Tensor that depends on the checked tensors")
-    xp = xp_of(out.data)
+    named = _tensors_to_check(inputs, params, names)
     rng = np.random.default_rng(seed)
-    weights = xp.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
-    saved = [t.grad for _, t in named]
-    for _, t in named:
-        t.grad = None
-    out.backward(weights)
-    analytic = [
-        backend.to_numpy(t.grad) if t.grad is not None else np.zeros(t.shape) for _, t in named
-    ]
-    for (_, t), g in zip(named, saved):
-        t.grad = g
-
+    weights, analytic = _analytic_gradients(fn, inputs, named, rng)
     report = GradcheckReport()
     for (name, t), grad in zip(named, analytic):
         if max_coords is None or t.size <= max_coords:
             flat = np.arange(t.size)
         else:
             flat = rng.choice(t.size, size=max_coords, replace=False)
-        numerical = np.empty(len(flat))
-        for j, f in enumerate(flat):
-            index = np.unravel_index(f, t.shape)
-            original = t.data[index].item()
-            t.data[index] = original + eps
-            plus = _scalar(fn, inputs, weights)
-            t.data[index] = original - eps
-            minus = _scalar(fn, inputs, weights)
-            t.data[index] = original
-            numerical[j] = (plus - minus) / (2 * eps)
-        ana = grad.reshape(-1)[flat]
-        err = np.abs(ana - numerical)
-        scale = np.maximum(np.abs(ana), np.abs(numerical))
-        rel = np.divide(err, scale, out=np.zeros_like(err), where=scale > 0)
-        worst = int(np.argmax(err - (atol + rtol * np.abs(numerical)))) if len(flat) else 0
-        report.rows.append(
-            GradcheckRow(
-                name=name,
-                shape=tuple(t.shape),
-                checked=len(flat),
-                max_abs_error=float(err.max(initial=0.0)),
-                max_rel_error=float(rel.max(initial=0.0)),
-                worst_index=tuple(int(i) for i in np.unravel_index(flat[worst], t.shape))
-                if len(flat)
-                else (),
-                analytic=float(ana[worst]) if len(flat) else 0.0,
-                numerical=float(numerical[worst]) if len(flat) else 0.0,
-                ok=bool(np.all(err <= atol + rtol * np.abs(numerical))),
-            )
-        )
-
+        numerical = _numerical_gradient(fn, inputs, weights, t, flat, eps)
+        report.rows.append(_compare(name, t, grad, flat, numerical, atol, rtol))
     if raise_on_failure and not report.ok:
-        bad = [r for r in report.rows if not r.ok]
-        detail = "; ".join(
-            f"{r.name} {r.shape}: at index {r.worst_index} backward() gives {r.analytic:.6g} "
-            f"but the numerical gradient is {r.numerical:.6g}"
-            for r in bad
-        )
-        raise GradcheckError(f"gradient mismatch: {detail}\n{report}")
+        raise _mismatch(report)
     return report
 
 
