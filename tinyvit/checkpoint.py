@@ -83,7 +83,7 @@ def save(model, path, extra=None) -> Path:
         )
     state = model.state_dict()
     dtype = next(iter(state.values())).dtype.name if state else "float32"
-    meta = {"format": FORMAT, "model": type(model).__name__, "config": config, "dtype": dtype}
+    meta = {"format": FORMAT, "model": type(model).__name__, "config": dict(config), "dtype": dtype}
     arrays = {f"{META}/meta": np.array(json.dumps(meta)), **state}
     for name, value in (extra or {}).items():
         if name in arrays:

@@ -6,7 +6,8 @@ data set is loaded or a minute is spent. So every command line here (the
 trainer, the lessons) parses with ``ArgumentParser``, whose errors are a
 single ``error: ...`` line on stderr and exit status 2, and gives each
 number a ``flag_type`` built from the same ``checks.Range`` that the
-function it feeds checks with.
+function it feeds checks with. Settings declared with ``settings.setting``
+become flags through ``add_setting_flag``, with nothing written twice.
 """
 
 from __future__ import annotations
@@ -87,4 +88,36 @@ def choice_type(choices, what: str):
     return parse
 
 
-__all__ = ["ArgumentParser", "choice_type", "duration_type", "fail", "flag_type"]
+def add_setting_flag(parser, field, help_text: str) -> None:
+    """Add the flag of a ``settings.setting`` field: ``--batch-size`` for ``batch_size``,
+    parsed and checked by the field's kind; its default is None (not given).
+
+    The field's command-line hints: ``metavar``, ``aliases`` (more flag names),
+    ``parse`` (an argparse ``type=`` of its own), ``long_choices`` (choices
+    listed only when a value is not one of them).
+    """
+    kind, hints = field.metadata["kind"], field.metadata["cli"]
+    names = [f"--{field.name.replace('_', '-')}", *hints.get("aliases", ())]
+    options = dict(dest=field.name, default=None, help=help_text)
+    if "metavar" in hints:
+        options["metavar"] = hints["metavar"]
+    if "parse" in hints:
+        options["type"] = hints["parse"]
+    elif isinstance(kind, Range):
+        options["type"] = flag_type(kind)
+        options.setdefault("metavar", "N" if kind.kind is int else "X")
+    elif isinstance(kind, tuple) and hints.get("long_choices"):
+        options["type"] = choice_type(kind, field.name)
+    elif isinstance(kind, tuple):
+        options["choices"] = kind
+    parser.add_argument(*names, **options)
+
+
+__all__ = [
+    "ArgumentParser",
+    "add_setting_flag",
+    "choice_type",
+    "duration_type",
+    "fail",
+    "flag_type",
+]

@@ -25,13 +25,18 @@ and so is the initialisation.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import backend, checks
 from . import functional as F
+from .checks import FRACTION, POSITIVE_INT
 from .nn import Block, Buffer, Dropout, LayerNorm, Linear, Module, Parameter, trunc_normal
+from .settings import check_settings, setting
 from .tensor import Tensor, concatenate
 
 
@@ -89,59 +94,103 @@ class PreLogits(Module):
         return self.fc(x).tanh()
 
 
-def check_config(
-    image_size,
-    patch_size,
-    num_classes,
-    dim,
-    depth,
-    heads,
-    mlp_dim,
-    pool="cls",
-    channels=3,
-    dropout=0.0,
-    emb_dropout=0.0,
-    gelu="none",
-    representation_size=None,
-    pos_embed="learn",
-    patch_dropout=0.0,
-) -> None:
-    """Check ``ViT``'s arguments without building anything; a ValueError or TypeError
-    names the argument, what it must be and what it is."""
-    for name, value in dict(
-        image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim,
-        depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels,
-    ).items():  # fmt: skip
-        checks.POSITIVE_INT.check(f"ViT: {name}", value)
-    for name, value in dict(
-        dropout=dropout, emb_dropout=emb_dropout, patch_dropout=patch_dropout
-    ).items():
-        checks.FRACTION.check(f"ViT: {name}", value)
-    checks.one_of("ViT: pool", pool, ("cls", "mean"))
-    checks.one_of("ViT: gelu", gelu, ("none", "tanh"))
-    checks.one_of("ViT: pos_embed", pos_embed, POS_EMBEDS)
-    if representation_size is not None:
-        checks.POSITIVE_INT.check("ViT: representation_size", representation_size)
-    if image_size % patch_size:
-        fits = ", ".join(map(str, checks.divisors(image_size)))
-        raise ValueError(
-            f"ViT: patch_size {patch_size} does not divide image_size {image_size}: the image "
-            f"must split into whole patches (patch sizes that fit: {fits})"
-        )
-    if dim % heads:
-        fits = ", ".join(map(str, checks.divisors(dim)))
-        raise ValueError(
-            f"ViT: heads {heads} does not divide dim {dim}: each head takes dim / heads "
-            f"features (head counts that fit: {fits})"
-        )
-    if pos_embed == "sincos" and dim % 4:
-        raise ValueError(
-            f"ViT: pos_embed 'sincos' needs dim divisible by 4 (sin and cos of the row and "
-            f"the column), got dim {dim}"
-        )
-
-
 POS_EMBEDS = ("learn", "sincos")
+
+
+@dataclass(frozen=True)
+class ViTConfig(Mapping):
+    """Everything that defines a ViT's shape, in vit-pytorch's order and names.
+
+    ``ViT(**settings)`` and ``ViT(ViTConfig(...))`` build the same model;
+    ``model.config`` is this, and a checkpoint keeps it as JSON. Each
+    argument is declared once, here, with its range and its help: the
+    trainer's flags and their ``--help`` are read off these fields.
+    Construction checks every value and how they fit together; a
+    ``ValueError`` or ``TypeError`` names the argument, what it must be and
+    what it is. It also reads like the dict it replaces: ``config["dim"]``,
+    ``ViT(**config)``, ``dict(config)``.
+    """
+
+    image_size: int = setting(kind=POSITIVE_INT, help="the side of the square input images, pixels")
+    patch_size: int = setting(kind=POSITIVE_INT, help="the patch size P")
+    num_classes: int = setting(kind=POSITIVE_INT, help="the number of classes the head predicts")
+    dim: int = setting(kind=POSITIVE_INT, help="the width D")
+    depth: int = setting(kind=POSITIVE_INT, help="the number of blocks L")
+    heads: int = setting(kind=POSITIVE_INT, help="the number of heads")
+    mlp_dim: int = setting(kind=POSITIVE_INT, help="the MLP's hidden width")
+    pool: str = setting(
+        "cls", ("cls", "mean"), "cls (the class token) or mean (the patch tokens' average)"
+    )
+    channels: int = setting(3, POSITIVE_INT, "the input images' channels")
+    dropout: float = setting(0.0, FRACTION, "dropout in the blocks")
+    emb_dropout: float = setting(0.0, FRACTION, "dropout on the embedded patches")
+    gelu: str = setting("none", ("none", "tanh"), "the GELU: none (exact) or tanh")
+    representation_size: int | None = setting(
+        None, POSITIVE_INT, "the width of a pre-logits layer (ImageNet-21k checkpoints)",
+        optional=True,
+    )  # fmt: skip
+    pos_embed: str = setting(
+        "learn", POS_EMBEDS, "position embeddings: learn (E_pos, learned) or sincos (fixed 2-D "
+        "sin-cos)",
+    )  # fmt: skip
+    patch_dropout: float = setting(
+        0.0, FRACTION, "train on a random 1 - X of each image's patch tokens (PatchDropout)"
+    )
+
+    def __post_init__(self):
+        for name, value in check_settings(self, prefix="ViT: ").items():
+            object.__setattr__(self, name, value)  # NumPy integers become Python ones
+        if self.image_size % self.patch_size:
+            fits = ", ".join(map(str, checks.divisors(self.image_size)))
+            raise ValueError(
+                f"ViT: patch_size {self.patch_size} does not divide image_size "
+                f"{self.image_size}: the image must split into whole patches (patch sizes "
+                f"that fit: {fits})"
+            )
+        if self.dim % self.heads:
+            fits = ", ".join(map(str, checks.divisors(self.dim)))
+            raise ValueError(
+                f"ViT: heads {self.heads} does not divide dim {self.dim}: each head takes "
+                f"dim / heads features (head counts that fit: {fits})"
+            )
+        if self.pos_embed == "sincos" and self.dim % 4:
+            raise ValueError(
+                f"ViT: pos_embed 'sincos' needs dim divisible by 4 (sin and cos of the row "
+                f"and the column), got dim {self.dim}"
+            )
+
+    @property
+    def grid(self) -> int:
+        """Patches along a side: ``image_size / patch_size``."""
+        return self.image_size // self.patch_size
+
+    def replace(self, **changes) -> ViTConfig:
+        """A copy with ``changes``, checked again; an unknown name is a TypeError listing
+        the known ones."""
+        unknown = sorted(set(changes) - set(self))
+        if unknown:
+            raise TypeError(f"unknown ViT argument(s) {unknown}; known: {', '.join(self)}")
+        return dataclasses.replace(self, **changes)
+
+    # -- read like a dict ----------------------------------------------------------
+
+    def __getitem__(self, name):
+        if name not in _FIELD_NAMES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self):
+        return iter(_FIELD_NAMES)
+
+    def __len__(self):
+        return len(_FIELD_NAMES)
+
+    def to_dict(self) -> dict:
+        """A plain dict, for JSON."""
+        return dict(self)
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ViTConfig))
 
 
 def sincos_position_embedding(grid, dim, temperature=10000.0, num_prefix_tokens=1):
@@ -171,7 +220,8 @@ class ViT(Module):
     ``ViT(image_size, patch_size, num_classes, dim, depth, heads, mlp_dim,
     pool="cls" | "mean", channels=3, dropout=0.0, emb_dropout=0.0,
     gelu="none" | "tanh", representation_size=None, pos_embed="learn" | "sincos",
-    patch_dropout=0.0)``.
+    patch_dropout=0.0)``: the fields of ``ViTConfig``, which checks them; or
+    ``ViT(config)`` with a ``ViTConfig``. ``model.config`` is that configuration.
 
     ``model(images)`` takes a ``(B, C, H, W)`` batch (a Tensor or an array)
     and returns ``(B, num_classes)`` logits. ``pool="mean"`` averages the
@@ -184,59 +234,36 @@ class ViT(Module):
     (``functional.patch_dropout``; all of them in evaluation).
     """
 
-    def __init__(
-        self,
-        image_size,
-        patch_size,
-        num_classes,
-        dim,
-        depth,
-        heads,
-        mlp_dim,
-        pool="cls",
-        channels=3,
-        dropout=0.0,
-        emb_dropout=0.0,
-        gelu="none",
-        representation_size=None,
-        pos_embed="learn",
-        patch_dropout=0.0,
-    ):
-        self.config = dict(
-            image_size=image_size,
-            patch_size=patch_size,
-            num_classes=num_classes,
-            dim=dim,
-            depth=depth,
-            heads=heads,
-            mlp_dim=mlp_dim,
-            pool=pool,
-            channels=channels,
-            dropout=dropout,
-            emb_dropout=emb_dropout,
-            gelu=gelu,
-            representation_size=representation_size,
-            pos_embed=pos_embed,
-            patch_dropout=patch_dropout,
-        )
-        check_config(**self.config)
+    def __init__(self, *args, **kwargs):
+        config = args[0] if len(args) == 1 and isinstance(args[0], ViTConfig) else None
+        if config is None:
+            config = ViTConfig(*args, **kwargs)
+        elif kwargs:
+            config = config.replace(**kwargs)
+        self.config = config
+        image_size, patch_size, dim = config.image_size, config.patch_size, config.dim
+        channels, pool, patch_dropout = config.channels, config.pool, config.patch_dropout
         self.image_size, self.channels, self.pool = image_size, channels, pool
         self.patch_dropout = patch_dropout
-        num_patches = (image_size // patch_size) ** 2
+        num_patches = config.grid**2
         rng = backend.default_generator("cpu")
         dtype = backend.DEFAULT_DTYPE
         # Parameters in timm's order, so that state_dict() lists them as timm does.
         self.cls_token = Parameter((rng.standard_normal((1, 1, dim)) * 1e-6).astype(dtype))
-        if pos_embed == "learn":
+        if config.pos_embed == "learn":
             self.pos_embed = Parameter(trunc_normal((1, num_patches + 1, dim)))  # E_pos
         else:  # fixed, not learned
             self.pos_embed = Buffer(sincos_position_embedding(image_size // patch_size, dim))
         self.patch_embed = PatchEmbed(image_size, patch_size, channels, dim)
-        self.pos_drop = Dropout(emb_dropout)
-        self.blocks = [Block(dim, heads, mlp_dim, dropout, gelu) for _ in range(depth)]
+        self.pos_drop = Dropout(config.emb_dropout)
+        self.blocks = [
+            Block(dim, config.heads, config.mlp_dim, config.dropout, config.gelu)
+            for _ in range(config.depth)
+        ]
         self.norm = LayerNorm(dim)
-        self.pre_logits = PreLogits(dim, representation_size) if representation_size else None
-        self.head = Linear(representation_size or dim, num_classes)
+        width = config.representation_size
+        self.pre_logits = PreLogits(dim, width) if width else None
+        self.head = Linear(width or dim, config.num_classes)
 
     # -- the four equations --------------------------------------------------
 
@@ -326,10 +353,17 @@ class ViT(Module):
     def extra_repr(self):
         c = self.config
         return (
-            f"image_size={c['image_size']}, patch_size={c['patch_size']}, dim={c['dim']}, "
-            f"depth={c['depth']}, heads={c['heads']}, mlp_dim={c['mlp_dim']}, "
-            f"num_classes={c['num_classes']}, pool={c['pool']!r}"
+            f"image_size={c.image_size}, patch_size={c.patch_size}, dim={c.dim}, "
+            f"depth={c.depth}, heads={c.heads}, mlp_dim={c.mlp_dim}, "
+            f"num_classes={c.num_classes}, pool={c.pool!r}"
         )
+
+
+# help(ViT) and an editor show ViTConfig's arguments, the ones ViT(...) takes.
+ViT.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+    + list(inspect.signature(ViTConfig).parameters.values())
+)
 
 
 # ---------------------------------------------------------------------------
@@ -337,16 +371,8 @@ class ViT(Module):
 # ---------------------------------------------------------------------------
 
 
-def _imagenet(patch_size, dim, depth, heads, mlp_dim):
-    return dict(
-        image_size=224,
-        patch_size=patch_size,
-        num_classes=1000,
-        dim=dim,
-        depth=depth,
-        heads=heads,
-        mlp_dim=mlp_dim,
-    )
+def _imagenet(patch_size, dim, depth, heads, mlp_dim) -> ViTConfig:
+    return ViTConfig(224, patch_size, 1000, dim, depth, heads, mlp_dim)
 
 
 CONFIGS = {
@@ -360,11 +386,11 @@ CONFIGS = {
     "deit_tiny_patch16_224": _imagenet(16, 192, 12, 3, 768),
     "deit_small_patch16_224": _imagenet(16, 384, 12, 6, 1536),
     # For 32 x 32 images (CIFAR-10). Small enough for a CPU:
-    "vit_cifar_tiny": dict(
+    "vit_cifar_tiny": ViTConfig(
         image_size=32, patch_size=4, num_classes=10, dim=96, depth=6, heads=3, mlp_dim=192
     ),
     # Like ViT-Lite-7/4 of the Compact Transformers paper, for GPU runs:
-    "vit_lite_7_4": dict(
+    "vit_lite_7_4": ViTConfig(
         image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, heads=4, mlp_dim=512
     ),
 }
@@ -380,17 +406,16 @@ ALIASES = {
     "ViT-Lite-7/4": "vit_lite_7_4",
 }
 
+NAMES = tuple(sorted(CONFIGS) + sorted(ALIASES))  # every name config() and create() take
 
-def config(name, **overrides) -> dict:
-    """The keyword arguments of a named configuration, with ``overrides`` applied."""
+
+def config(name, **overrides) -> ViTConfig:
+    """The configuration named ``name`` (a key of ``CONFIGS`` or ``ALIASES``), with
+    ``overrides`` applied and checked."""
     key = ALIASES.get(name, name)
     if key not in CONFIGS:
-        names = sorted(CONFIGS) + sorted(ALIASES)
-        raise KeyError(f"unknown ViT configuration {name!r}; known: {', '.join(names)}")
-    unknown = set(overrides) - set(inspect.signature(ViT).parameters)
-    if unknown:
-        raise TypeError(f"unknown ViT argument(s) {sorted(unknown)}")
-    return {**CONFIGS[key], **overrides}
+        raise KeyError(f"unknown ViT configuration {name!r}; known: {', '.join(NAMES)}")
+    return CONFIGS[key].replace(**overrides)
 
 
 def create(name, **overrides) -> ViT:
@@ -398,7 +423,7 @@ def create(name, **overrides) -> ViT:
 
     ``create("ViT-B/16")``, ``create("vit_lite_7_4", pool="mean")``.
     """
-    return ViT(**config(name, **overrides))
+    return ViT(config(name, **overrides))
 
 
 def count_parameters(
