@@ -14,7 +14,7 @@ import tinyvit
 from tinyvit import data
 from tinyvit.lesson import SHIPPED_MODEL
 from tinyvit.loop import evaluate
-from tinyvit.train import RECIPES, TrainConfig
+from tinyvit.train import TrainConfig, recipe
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROVENANCE = SHIPPED_MODEL.with_suffix(".json")
@@ -22,8 +22,7 @@ PROVENANCE = SHIPPED_MODEL.with_suffix(".json")
 
 def test_the_shipped_model_is_the_default_recipes_model():
     model = tinyvit.load(SHIPPED_MODEL)
-    recipe = {**TrainConfig().__dict__, **RECIPES["cpu"]}
-    assert model.config == tinyvit.ViT(**TrainConfig(**recipe).model_config(10)).config
+    assert model.config == recipe("cpu").model_config(10) == TrainConfig().model_config(10)
     assert sum(p.data.size for p in model.parameters()) == 460_906
     assert all(p.data.dtype == np.float32 for p in model.parameters())
     assert SHIPPED_MODEL.stat().st_size < 2_500_000  # about 2 MB, as the issue asked

@@ -46,7 +46,10 @@ def tiny_config(**changes):
         warmup_epochs=0.5,
         augment="basic",
         eval_batch_size=64,
+        tta="none",
     )
+    if "steps" in changes or "time_budget" in changes:  # another length than the epochs
+        del base["epochs"]
     return TrainConfig(**{**base, **changes})
 
 
@@ -62,14 +65,14 @@ def test_training_loss_falls_well_below_its_start(tmp_path):
         progress=False,
     )
     first = []
-    original = trainer.train_step
+    original = trainer.train_on_batch
 
     def spy(x, y):
         loss, correct = original(x, y)
         first.append(loss)
         return loss, correct
 
-    trainer.train_step = spy
+    trainer.train_on_batch = spy
     history = trainer.fit()
     assert len(history) == 6
     assert history[-1]["train_loss"] < 0.25 * first[0]
@@ -100,7 +103,7 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(stop_at, opti
     straight.fit()
 
     first = Trainer(config, dataset, tmp_path / "resumed", progress=False)
-    original = first.train_step
+    original = first.train_on_batch
 
     def interrupt(x, y):
         result = original(x, y)
@@ -108,9 +111,9 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(stop_at, opti
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, caught by the trainer
         return result
 
-    first.train_step = interrupt
+    first.train_on_batch = interrupt
     first.fit()
-    assert first._stop_requested and first.step == stop_at
+    assert first.stop.requested and first.step == stop_at
     second = Trainer(config, dataset, tmp_path / "resumed", progress=False)
     second.fit(resume=True)
     assert second.step == straight.step == 16
@@ -128,14 +131,14 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(stop_at, opti
 
 def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = Trainer(tiny_config(epochs=3), synthetic_cifar(), tmp_path, progress=False)
-    original = trainer.train_step
+    original = trainer.train_on_batch
 
     def poison(x, y):
         if trainer.step == 10:  # in the second epoch
             trainer.model.head.bias.data[:] = np.nan
         return original(x, y)
 
-    trainer.train_step = poison
+    trainer.train_on_batch = poison
     with pytest.raises(
         TrainingDiverged, match=r"nan at epoch 2, step 10.*checkpoint.npz.*untouched"
     ):
@@ -367,7 +370,7 @@ def test_a_folder_that_refuses_writes_is_found_before_the_first_step(tmp_path, m
         raise PermissionError(13, "Permission denied")
 
     trainer = Trainer(tiny_config(), synthetic_cifar(), tmp_path / "run", progress=False)
-    trainer.train_step = None  # a step would fail the test with a TypeError
+    trainer.train_on_batch = None  # a step would fail the test with a TypeError
     monkeypatch.setattr(tinyvit.files.tempfile, "mkstemp", refuse)
     with pytest.raises(tinyvit.files.WriteError, match=r"cannot write in the folder .*run: Perm"):
         trainer.fit()
@@ -416,7 +419,7 @@ def test_leftovers_of_a_killed_write_are_removed_when_a_run_starts(tmp_path):
 
 def test_a_second_ctrl_c_during_a_save_lets_the_save_finish(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(), synthetic_cifar(), tmp_path, progress=False)
-    original, real_savez = trainer.train_step, np.savez
+    original, real_savez = trainer.train_on_batch, np.savez
 
     def interrupt(x, y):
         result = original(x, y)
@@ -429,11 +432,11 @@ def test_a_second_ctrl_c_during_a_save_lets_the_save_finish(tmp_path, monkeypatc
         os.kill(os.getpid(), signal.SIGINT)
         return real_savez(f, **arrays)
 
-    trainer.train_step = interrupt
+    trainer.train_on_batch = interrupt
     monkeypatch.setattr(np, "savez", impatient_savez)
     trainer.fit()
     monkeypatch.setattr(np, "savez", real_savez)
-    assert trainer._stop_requested and trainer.step == 3
+    assert trainer.stop.requested and trainer.step == 3
     arrays = tinyvit.checkpoint.read_npz(tmp_path / "checkpoint.npz")
     assert json.loads(str(arrays["trainer/state"]))["step"] == 3
     assert os.listdir(tmp_path) == ["checkpoint.npz"]
@@ -442,7 +445,7 @@ def test_a_second_ctrl_c_during_a_save_lets_the_save_finish(tmp_path, monkeypatc
 def test_a_second_ctrl_c_while_training_stops_at_once_in_one_line(
     tmp_path, fake_data, capsys, monkeypatch
 ):
-    original = Trainer.train_step
+    original = Trainer.train_on_batch
 
     def twice(self, x, y):
         if self.step == 2:
@@ -450,7 +453,7 @@ def test_a_second_ctrl_c_while_training_stops_at_once_in_one_line(
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, x, y)
 
-    monkeypatch.setattr(Trainer, "train_step", twice)
+    monkeypatch.setattr(Trainer, "train_on_batch", twice)
     code, _, err = run_cli([*FAST, "--out", str(tmp_path)], capsys)
     assert code == 130
     assert_one_error_line(err, "stopped at once by Ctrl-C; nothing was saved")
@@ -461,14 +464,14 @@ def test_divergence_before_any_checkpoint_says_so(tmp_path):
     for clip, hint in ((1.0, False), (0.0, True)):
         out = tmp_path / f"clip{clip}"
         trainer = Trainer(tiny_config(clip_grad=clip), synthetic_cifar(), out, progress=False)
-        original = trainer.train_step
+        original = trainer.train_on_batch
 
         def poison(x, y, trainer=trainer, original=original):
             if trainer.step == 2:
                 trainer.model.head.bias.data[:] = np.nan
             return original(x, y)
 
-        trainer.train_step = poison
+        trainer.train_on_batch = poison
         with pytest.raises(TrainingDiverged) as info:
             trainer.fit()
         message = str(info.value)
@@ -502,10 +505,10 @@ def test_help_lists_every_flag_with_its_real_default():
     assert "None" not in text and "(default: 16 (default" not in text
     for flag in ("--overwrite", "--resume", "--epochs", "--lr", "--heads", "--data-dir"):
         assert flag in text
-    assert "(default: 16; recipes gpu: 200, quick: 2)" in text
+    assert "(default: as many as fit in the time budget; recipes gpu: 200, quick: 2)" in text
     assert "default: the model's (vit_cifar_tiny: 3, vit_lite_7_4: 4, quick recipe: 2)" in text
     assert "(vit_cifar_tiny: cls, vit_lite_7_4: cls, cpu recipe: mean)" in text
-    assert "(default: none; recipes cpu: 30m)" in text
+    assert "(default: 30m; recipes gpu: none, quick: none)" in text
     assert "--dropout X" in text and "--pool {cls,mean}" in text
 
 
@@ -529,7 +532,7 @@ def test_a_time_budget_plan_fills_the_time_left(tmp_path):
     trainer = Trainer(tiny_config(time_budget=100.0), synthetic_cifar(), tmp_path, progress=False)
     assert not trainer.planned
     trainer._started = __import__("time").perf_counter()  # nothing spent yet
-    trainer.fit_time_budget(0.1, 1.0)
+    trainer.plan(0.1, 1.0)
     assert trainer.planned and trainer.total_steps == 416 and trainer.epochs == 52
     assert trainer.schedule.total == 416
 
@@ -538,7 +541,7 @@ def test_a_budgeted_run_plans_once_and_its_steps_repeat_it(tmp_path):
     """The run times itself, fixes its length during the warm-up (one epoch), and the
     ``--steps N`` its log names trains the very same weights."""
     lines = []
-    config = tiny_config(time_budget=6.0, warmup_epochs=1.0, epochs=1)
+    config = tiny_config(time_budget=6.0, warmup_epochs=1.0)
     budgeted = Trainer(
         config, synthetic_cifar(), tmp_path / "budget", progress=False, log=lines.append
     )
@@ -598,12 +601,14 @@ def test_an_explicit_length_replaces_the_recipes_budget():
     from tinyvit.train import build_parser, config_from_args
 
     parse = build_parser().parse_args
-    assert config_from_args(parse(["--epochs", "3"])).time_budget is None
-    assert config_from_args(parse(["--steps", "30"])).time_budget is None
-    assert config_from_args(parse(["--time-budget", "2m"])).time_budget == 120.0
+    assert config_from_args(parse(["--epochs", "3"])).budget is None
+    assert config_from_args(parse(["--steps", "30"])).budget is None
+    assert config_from_args(parse(["--time-budget", "2m"])).budget == 120.0
+    assert config_from_args(parse(["--recipe", "gpu", "--time-budget", "2m"])).epochs is None
     plain = config_from_args(parse([]))  # the README's main command: the cpu recipe
-    assert plain.time_budget == 1800.0 and plain.steps is None and plain.tta == "flip"
+    assert plain.budget == 1800.0 and plain.steps is None and plain.tta == "flip"
     assert plain.model_config()["pool"] == "mean"
+    assert plain == TrainConfig()  # the defaults are the main command's run
 
 
 def test_ema_weights_are_tested_and_saved(tmp_path):

@@ -18,6 +18,8 @@ the target is always either the old file or the new one, never half of each.
   run in that folder starts.
 * ``check_writable`` creates a folder and proves that a file can be written
   in it, so a run fails at its first second, not after its first epoch.
+* ``FolderLock`` keeps a second process out of a folder while one works in
+  it: two runs writing one checkpoint would each overwrite the other's.
 
 Failures raise ``WriteError`` (an ``OSError``) whose message names the path
 and says whether the old file survived.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -199,7 +202,111 @@ def check_writable(folder) -> Path:
     return folder
 
 
+class FolderBusy(WriteError):
+    """Another process holds the folder's lock."""
+
+
+class FolderLock:
+    """A lock on a folder that one process at a time can hold: ``with FolderLock(folder):``.
+
+    The lock is the operating system's lock on the file ``.lock`` in the
+    folder (``flock`` on Linux and macOS, ``msvcrt.locking`` on Windows): it
+    is released when the process ends, however it ends, so a run killed with
+    ``SIGKILL`` leaves no stale lock behind. The file holds the holder's
+    process id, for the message a second process gets (``FolderBusy``), and
+    is removed on release. (A process that opened the file just before it
+    was removed would lock a file no longer in the folder; so a lock counts
+    only once the file it holds is still the one at ``.lock``.) Taking the
+    lock again in the same ``FolderLock`` nests.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder):
+        self.path = Path(folder) / self.NAME
+        self._fd, self._depth = None, 0
+
+    def acquire(self) -> FolderLock:
+        if self._depth:
+            self._depth += 1
+            return self
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise WriteError(
+                    f"cannot create the lock file {self.path}: {_reason(error)}"
+                ) from None
+            if not _try_lock(fd):
+                try:
+                    holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                except OSError:  # Windows refuses to read a locked byte
+                    holder = "unknown"
+                os.close(fd)
+                raise FolderBusy(
+                    f"another process (id {holder}) is working in {self.path.parent}; wait for "
+                    "it to end, or use another folder"
+                )
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the holder before us removed it as we opened it: again
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd, self._depth = fd, 1
+        return self
+
+    def release(self) -> None:
+        if not self._depth:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            try:
+                self.path.unlink()  # still holding the lock: nobody else has it now
+            except OSError:  # Windows: an open file cannot be removed; it stays, unlocked
+                pass
+            os.close(self._fd)  # closing the file releases the lock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._depth > 0
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _same_file(fd, path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def _try_lock(fd) -> bool:
+    """Lock the open file ``fd`` for this process without waiting; False if it is taken."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 __all__ = [
+    "FolderBusy",
+    "FolderLock",
     "WriteError",
     "atomic_write",
     "check_writable",

@@ -1,0 +1,46 @@
+"""Training a Vision Transformer on CIFAR-10: the run, its checkpoints, its command line.
+
+    python -m tinyvit.train                        # the default CPU run (30 minutes)
+    python -m tinyvit.train --recipe gpu --device cuda
+    python -m tinyvit.train --resume --out runs/cifar10
+
+In Python, ``Trainer(recipe("cpu"), load_cifar10(), "runs/cifar10").fit()``.
+
+One step is the paper's training in miniature (Section 4.1, Appendix B.1),
+``tinyvit.loop.train_step``; lesson 6 writes the loop out. The package adds
+what a long run needs around it, one concern a module:
+
+    config      TrainConfig: every setting declared once; the recipes
+    budget      how many steps fit in a time budget
+    run_folder  the run's files, the checks before the first step, the lock
+    stopping    Ctrl-C as a request: the step ends, the checkpoint is written
+    state       what a checkpoint holds so that a resumed run ends as if it never stopped
+    metrics     the epoch's sums, metrics.jsonl and curves.png
+    trainer     Trainer: epochs, tests, checkpoints, the time budget, EMA, flips
+    command     the command line, generated from the settings
+"""
+
+from ..loop import TrainingDiverged, step_seed
+from .budget import TimeBudget
+from .command import build_parser, config_from_args, main
+from .config import DEFAULT_TIME_BUDGET, RECIPES, RunError, TrainConfig, recipe
+from .run_folder import RUN_FILES, RunFolder, check_run_folder
+from .trainer import Trainer
+
+__all__ = [
+    "DEFAULT_TIME_BUDGET",
+    "RECIPES",
+    "RUN_FILES",
+    "RunError",
+    "RunFolder",
+    "TimeBudget",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "build_parser",
+    "check_run_folder",
+    "config_from_args",
+    "main",
+    "recipe",
+    "step_seed",
+]
