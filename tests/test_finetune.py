@@ -8,7 +8,7 @@ import pytest
 
 from tinyvit import ViT, manual_seed
 from tinyvit.checkpoint import write_npz
-from tinyvit.finetune import finetune, with_new_head
+from tinyvit.finetune import finetune
 from tinyvit.interop import for_finetuning, load_official, official_to_state_dict, to_official
 from tinyvit.loop import evaluate
 
@@ -43,14 +43,14 @@ def test_a_mean_pooled_model_goes_through_the_official_layout(tmp_path):
     assert np.abs(as_cls(x).data - model(x).data).max() > 1e-3
 
 
-def test_with_new_head_follows_the_recipe():
+def test_a_new_head_follows_the_recipe():
     manual_seed(0)
     model = ViT(**SMALL)
-    new = with_new_head(model, 3, image_size=16)  # same class count: still a fresh head
+    new = for_finetuning(model, 3, image_size=16, new_head=True)  # same class count: fresh
     assert (new.head.weight.data == 0).all() and (new.head.bias.data == 0).all()
     assert new.pos_embed.shape == (1, 1 + 16, 8) and new.image_size == 16
     reference = for_finetuning(model, num_classes=5, image_size=16)
-    five = with_new_head(model, 5, image_size=16)
+    five = for_finetuning(model, 5, image_size=16, new_head=True)
     for k, v in reference.state_dict().items():
         np.testing.assert_array_equal(five.state_dict()[k], v, err_msg=k)
 
@@ -64,7 +64,7 @@ def test_finetune_and_evaluate_on_a_toy_task():
     histories = []
     for _ in range(2):
         manual_seed(0)
-        model = with_new_head(ViT(**SMALL), 2, image_size=12)  # trained on upsampled images
+        model = for_finetuning(ViT(**SMALL), 2, image_size=12, new_head=True)  # upsampled
         histories.append(
             finetune(
                 model, images[:64], labels[:64], images[64:], labels[64:], 30,

@@ -4,8 +4,8 @@ The paper pre-trains on a large data set, then fine-tunes on the task at
 hand: the head is replaced by a zero-initialised ``Linear`` for the new
 classes and, when the images are larger than in pre-training, the patch size
 stays and the grid of position embeddings is resampled
-(``tinyvit.interop.for_finetuning``; ``with_new_head`` here replaces the
-head even when the number of classes stays, as after label-free
+(``tinyvit.interop.for_finetuning``; with ``new_head=True`` the head is
+replaced even when the number of classes stays, as after label-free
 pre-training). ``finetune`` trains such a model on labelled images, resized
 to its resolution by ``tinyvit.resample.interpolate``, and tests it as it
 goes with ``tinyvit.loop.evaluate``. Its step is ``tinyvit.loop.train_step``,
@@ -21,8 +21,7 @@ import numpy as np
 
 from . import checks, data
 from . import functional as F
-from .interop import adapt
-from .loop import adamw_with_schedule, evaluate, train_step, uint8_images
+from .loop import adamw_with_schedule, evaluate, train_step
 from .resample import interpolate
 from .vit import ViT
 
@@ -30,7 +29,7 @@ from .vit import ViT
 def _checked_arguments(model, x_train, y_train, y_test, steps, batch_size, lr):
     """``x_train`` as uint8 images and the model's number of classes, once every argument
     that a run needs is known to be good: a bad one fails before any training."""
-    x_train = uint8_images(x_train, "x_train")
+    x_train = checks.uint8_images(x_train, "x_train")
     checks.POSITIVE_INT.check("finetune: steps", steps)
     checks.POSITIVE_INT.check("finetune: batch_size", batch_size)
     checks.POSITIVE.check("finetune: lr", lr)
@@ -132,22 +131,4 @@ def finetune(
     return history
 
 
-def with_new_head(model: ViT, num_classes, image_size=None, interpolation="bicubic") -> ViT:
-    """Section 3.2's recipe on ``model``, with a zero-initialised head *always*.
-
-    ``interop.for_finetuning`` keeps the head when the number of classes
-    stays; after pre-training without labels (masked patch prediction) the
-    head was never trained, so here it is replaced whatever its size.
-    """
-    config, state = adapt(model.config, model.state_dict(), None, image_size, interpolation)
-    dim = config["dim"]
-    config = {**config, "num_classes": num_classes, "representation_size": None}
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "pre_logits."))}
-    state["head.weight"] = np.zeros((num_classes, dim), dtype=state["cls_token"].dtype)
-    state["head.bias"] = np.zeros(num_classes, dtype=state["cls_token"].dtype)
-    new = ViT(**config)
-    new.load_state_dict(state)
-    return new.to(model.pos_embed.device, model.pos_embed.dtype)
-
-
-__all__ = ["finetune", "with_new_head"]
+__all__ = ["finetune"]

@@ -32,12 +32,17 @@ from .vit import ViT
 # ---------------------------------------------------------------------------
 
 
-def adapt(config, state_dict, num_classes=None, image_size=None, interpolation="bicubic"):
+def adapt(
+    config, state_dict, num_classes=None, image_size=None, interpolation="bicubic",
+    new_head=False,
+):  # fmt: skip
     """Return ``(config, state_dict)`` for fine-tuning at a new resolution or class count.
 
     A new ``image_size`` keeps the patch size and resamples the position
-    embeddings' grid. A new ``num_classes`` drops the head (and a
-    ``pre_logits`` layer) and puts a zero-initialised head in its place.
+    embeddings' grid. A new ``num_classes`` (or ``new_head=True``, as after
+    pre-training without labels, whose head was never trained) drops the
+    head and a ``pre_logits`` layer and puts a zero-initialised head in
+    their place.
     """
     config, state = dict(config), dict(state_dict)
     if image_size is not None and image_size != config["image_size"]:
@@ -51,21 +56,27 @@ def adapt(config, state_dict, num_classes=None, image_size=None, interpolation="
                 state["pos_embed"], image_size // config["patch_size"], interpolation
             )
         config["image_size"] = image_size
-    if num_classes is not None and num_classes != config["num_classes"]:
+    num_classes = config["num_classes"] if num_classes is None else num_classes
+    if new_head or num_classes != config["num_classes"]:
         dim = config["dim"]
         for key in [k for k in state if k.startswith(("head.", "pre_logits."))]:
             del state[key]
         dtype = state["cls_token"].dtype
-        state["head.weight"] = np.zeros((num_classes, dim), dtype=dtype)
+        state["head.weight"] = np.zeros((num_classes, dim), dtype=dtype)  # (K, D): zero
         state["head.bias"] = np.zeros(num_classes, dtype=dtype)
         config["num_classes"], config["representation_size"] = num_classes, None
     return config, state
 
 
-def for_finetuning(model, num_classes=None, image_size=None, interpolation="bicubic", **changes):
+def for_finetuning(
+    model, num_classes=None, image_size=None, interpolation="bicubic", new_head=False,
+    **changes,
+):  # fmt: skip
     """A new ViT from ``model``'s weights, adapted by ``adapt``; ``changes`` set other
     configuration entries (dropout, say) that do not alter any weight's shape."""
-    config, state = adapt(model.config, model.state_dict(), num_classes, image_size, interpolation)
+    config, state = adapt(
+        model.config, model.state_dict(), num_classes, image_size, interpolation, new_head
+    )
     new = ViT(**{**config, **changes})
     new.load_state_dict(state)
     return new.to(model.pos_embed.device, model.pos_embed.dtype)  # where and as the model is
