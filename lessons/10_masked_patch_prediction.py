@@ -8,7 +8,7 @@
 # of Eq. 1, 50% are corrupted: 80% of those are replaced by a learned
 # ``[mask]`` embedding, 10% by the embedding of a random other patch, and
 # 10% are left as they are. The model must then predict, for every
-# corrupted patch, its **mean colour** in 3 bits per channel, one of
+# corrupted patch, its **mean color** in 3 bits per channel, one of
 # 8 x 8 x 8 = 512 classes, from the output token at that position. No
 # labels are needed: the images themselves are the targets.
 #
@@ -39,15 +39,16 @@ from tinyvit import backend, checkpoint, data, manual_seed, no_grad
 from tinyvit.checks import POSITIVE_INT
 from tinyvit.cli import flag_type
 from tinyvit.fewshot import features, fewshot_accuracy
-from tinyvit.finetune import finetune, with_new_head
+from tinyvit.finetune import finetune
+from tinyvit.interop import for_finetuning
 from tinyvit.lesson import checkpoint_flags, default_model, lesson_arguments, load_data
 from tinyvit.pretrain import (
     KEPT,
     RANDOM,
     MaskedPatchPrediction,
-    colour_view,
+    color_view,
     corrupted_view,
-    patch_colour_classes,
+    patch_color_classes,
     pretrain,
 )
 from tinyvit.vit import ViT
@@ -91,23 +92,23 @@ print(f"ViT: {fresh_vit().num_parameters():,} parameters, {model_config['patch_s
       f"{batch_size} images")  # fmt: skip
 
 # %% [markdown]
-# ## 1. The targets: each patch's mean colour in 512 classes
+# ## 1. The targets: each patch's mean color in 512 classes
 #
 # The target of a patch is computed from the raw pixels: the mean of each
 # channel over the patch, in ``[0, 255]``, is cut into 8 bins of 32 levels,
 # and the three bins make one of 512 classes
-# (``tinyvit.pretrain.patch_colour_classes``). How hard is the task? A
-# model that ignores the image and always predicts how common each colour
+# (``tinyvit.pretrain.patch_color_classes``). How hard is the task? A
+# model that ignores the image and always predicts how common each color
 # is overall has a cross-entropy equal to the entropy of that distribution;
 # a uniform guess over 512 classes has ``log 512 = 6.24``. Anything below
-# the first line means the model reads the colours around a hidden patch.
+# the first line means the model reads the colors around a hidden patch.
 
 # %%
 P = model_config["patch_size"]
-sample = patch_colour_classes(x_train[:2000], P).reshape(-1)
+sample = patch_color_classes(x_train[:2000], P).reshape(-1)
 share = np.bincount(sample, minlength=512) / sample.size
 marginal_entropy = float(-(share[share > 0] * np.log(share[share > 0])).sum())
-print(f"{(share > 0).sum()} of the 512 colour classes occur; always guessing by their "
+print(f"{(share > 0).sum()} of the 512 color classes occur; always guessing by their "
       f"frequency: cross-entropy {marginal_entropy:.2f} (uniform: {np.log(512):.2f})")  # fmt: skip
 
 # %% [markdown]
@@ -117,7 +118,7 @@ print(f"{(share > 0).sum()} of the 512 colour classes occur; always guessing by 
 # so that it can corrupt the patch embeddings between the projection and
 # the addition of the class token and position embeddings, then the
 # encoder, then a linear head from each corrupted patch's output token to
-# 512 colour logits. ``tinyvit.pretrain.pretrain`` trains it with AdamW, a
+# 512 color logits. ``tinyvit.pretrain.pretrain`` trains it with AdamW, a
 # warm-up and a cosine decay; every batch is corrupted afresh. The labels
 # of CIFAR-10 are never looked at.
 
@@ -135,10 +136,10 @@ ax.plot(steps, losses, color="C0", alpha=0.3, lw=0.8, label="each batch")
 if window > 1:
     ax.plot(steps[window - 1 :], smooth, color="C0", lw=2, label=f"mean of {window} batches")
 ax.axhline(np.log(512), color="0.5", ls=":", label="uniform guess, log 512")
-ax.axhline(marginal_entropy, color="C3", ls="--", label="guess by colour frequency alone")
+ax.axhline(marginal_entropy, color="C3", ls="--", label="guess by color frequency alone")
 ax.set_xlabel("pre-training step")
 ax.set_ylabel("cross-entropy on the corrupted patches")
-ax.set_title("Masked patch prediction: predicting the 3-bit mean colour")
+ax.set_title("Masked patch prediction: predicting the 3-bit mean color")
 ax.legend(frameon=False)
 ax.grid(alpha=0.3)
 print("wrote", save_figure(fig, args.out / "pretrain_loss.png"))
@@ -147,11 +148,11 @@ print("wrote", save_figure(fig, args.out / "pretrain_loss.png"))
 # ## 3. What the model sees, and what it guesses
 #
 # Four test images. Second column: the model's input, drawn in pixels
-# (the corruption happens on embeddings): grey patches got the ``[mask]``
+# (the corruption happens on embeddings): gray patches got the ``[mask]``
 # embedding, patches in a yellow box got the embedding of a random other
 # patch, patches in a cyan box were kept as they are but must be predicted
-# too. Third column: the true 3-bit mean colours of the corrupted patches.
-# Fourth: the model's most likely colour for each.
+# too. Third column: the true 3-bit mean colors of the corrupted patches.
+# Fourth: the model's most likely color for each.
 
 # %%
 shown = 4
@@ -162,13 +163,13 @@ with no_grad():
     logits = mpp(data.normalize(backend.to_device(raw, args.device)), corruption)
 predicted = np.zeros(corruption.shape, dtype=np.int64)
 predicted[corruption.corrupted] = backend.to_numpy(logits.data.argmax(axis=1))
-truth = patch_colour_classes(raw, P)
+truth = patch_color_classes(raw, P)
 hit = (predicted == truth)[corruption.corrupted].mean()
 columns = (
     ("image", raw.transpose(0, 2, 3, 1) / 255.0),
     ("model's input", corrupted_view(raw, corruption, P)),
-    ("true mean colour", colour_view(raw, truth, corruption.corrupted, P)),
-    ("predicted colour", colour_view(raw, predicted, corruption.corrupted, P)),
+    ("true mean color", color_view(raw, truth, corruption.corrupted, P)),
+    ("predicted color", color_view(raw, predicted, corruption.corrupted, P)),
 )
 fig, axes = plt.subplots(shown, 4, figsize=(8, 2.1 * shown), layout="constrained")
 grid = model_config["image_size"] // P
@@ -185,16 +186,16 @@ for i in range(shown):
             ax.set_title(title)
         for n in np.flatnonzero(corruption.corrupted[i]):  # outline the patches to predict
             kind = corruption.kind[i, n]
-            colour = {RANDOM: "yellow", KEPT: "cyan"}.get(kind) if j == 1 else "black"
-            if j == 0 or colour is None:  # no box on the image, nor on the grey [mask] ones
+            color = {RANDOM: "yellow", KEPT: "cyan"}.get(kind) if j == 1 else "black"
+            if j == 0 or color is None:  # no box on the image, nor on the gray [mask] ones
                 continue
             r, c = divmod(n, grid)
-            box = plt.Rectangle((c * P - 0.5, r * P - 0.5), P, P, fill=False, ec=colour, lw=1.2)
+            box = plt.Rectangle((c * P - 0.5, r * P - 0.5), P, P, fill=False, ec=color, lw=1.2)
             ax.add_patch(box)
     axes[i, 0].set_ylabel(dataset.classes[y_test[i]])
 fig.suptitle(f"Masked patch prediction after {pretrain_steps} steps: "
-             f"{100 * hit:.0f}% of these patches' colours exactly right")  # fmt: skip
-fig.supxlabel("input: grey = [mask] embedding, yellow box = a random other patch's embedding, "
+             f"{100 * hit:.0f}% of these patches' colors exactly right")  # fmt: skip
+fig.supxlabel("input: gray = [mask] embedding, yellow box = a random other patch's embedding, "
               "cyan box = kept as is (still predicted); black boxes: the patches to predict",
               fontsize=8)  # fmt: skip
 print("wrote", save_figure(fig, args.out / "mpp_examples.png"))
@@ -203,8 +204,8 @@ print("wrote", save_figure(fig, args.out / "mpp_examples.png"))
 # ## 4. Fine-tune on the labels, and train from scratch
 #
 # The pre-trained ViT gets a zero-initialised 10-class head
-# (``with_new_head``, the recipe of lesson 9) and is fine-tuned on the
-# labelled images. Two runs from the same random initialisation, without
+# (``for_finetuning(..., new_head=True)``, lesson 9's recipe) and is
+# fine-tuned on the labelled images. Two runs from the same random initialisation, without
 # pre-training, are the controls: one with as many labelled steps as the
 # fine-tuning (did the pre-training help the labelled phase?), one with as
 # many steps as pre-training and fine-tuning together (was the pre-training
@@ -212,7 +213,7 @@ print("wrote", save_figure(fig, args.out / "mpp_examples.png"))
 
 # %%
 recipe = dict(batch_size=batch_size, lr=1e-3, device=args.device)  # tested 8 times a run
-tuned = with_new_head(mpp.vit, 10)
+tuned = for_finetuning(mpp.vit, 10, new_head=True)  # a new head, though 10 classes stay
 tuned_history = finetune(tuned, x_train, y_train, x_test, y_test, finetune_steps,
                          name="fine-tune after MPP", **recipe)  # fmt: skip
 scratch_short = fresh_vit()
@@ -275,11 +276,11 @@ ft_ax.axhline(10, color="0.7", lw=1, ls=":", label="chance")
 ft_ax.set_ylabel(f"test accuracy (%), {len(y_test):,} images")
 ft_ax.set_title("Trained on all labels")
 ft_ax.legend(frameon=False, fontsize=8)
-colours = ["0.6", "C0", "C9", "C2", "C3", "C1", "C4"]
+colors = ["0.6", "C0", "C9", "C2", "C3", "C1", "C4"]
 width = 0.8 / len(fewshot)
 for i, (name, results) in enumerate(fewshot.items()):
     xs = np.arange(len(shots)) + (i - (len(fewshot) - 1) / 2) * width
-    fs_ax.bar(xs, [100 * results[k] for k in shots], width, color=colours[i], label=name)
+    fs_ax.bar(xs, [100 * results[k] for k in shots], width, color=colors[i], label=name)
 fs_ax.set_xticks(range(len(shots)), [f"{k} image{'s' if k > 1 else ''} per class" for k in shots])
 fs_ax.axhline(10, color="0.7", lw=1, ls=":")
 fs_ax.set_ylabel("test accuracy (%)")
@@ -315,8 +316,8 @@ for k in shots:
 # ## What to take away
 #
 # * Masked patch prediction needs no labels at all, and its loss falls
-#   below what colour frequencies alone explain: the model learns to read a
-#   patch's surroundings to guess its colour.
+#   below what color frequencies alone explain: the model learns to read a
+#   patch's surroundings to guess its color.
 # * Whether that knowledge is useful for classes is an empirical question,
 #   and fine-tuning and few-shot probes answer different parts of it.
 # * Do not expect the paper's +2% here. This run pre-trains a small model

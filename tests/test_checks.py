@@ -53,6 +53,26 @@ def test_one_of_and_divisors():
     assert checks.divisors(1) == [1]
 
 
+def test_uint8_images_names_what_was_expected_and_given(xp):
+    images = xp.zeros((2, 3, 8, 8), dtype=np.uint8)
+    assert checks.uint8_images(images, on_host=False) is images
+    host = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    assert checks.uint8_images(host, "x_train") is host
+    expected = r"x_train: expected a NumPy uint8 array of images \(n, C, H, W\), got "
+    float32 = r"a numpy.ndarray of shape \(2, 3, 8, 8\), float32"
+    with pytest.raises(TypeError, match=expected + float32):
+        checks.uint8_images(host.astype(np.float32), "x_train")
+    with pytest.raises(TypeError, match=expected + r"a numpy.ndarray of shape \(3, 8, 8\), uint8"):
+        checks.uint8_images(host[0], "x_train")
+    with pytest.raises(TypeError, match=expected + "a list$"):
+        checks.uint8_images([[1]], "x_train")
+    if xp is not np:  # a batch on the GPU is no data set
+        with pytest.raises(TypeError, match=expected + r"a cupy\w*\.ndarray of shape"):
+            checks.uint8_images(images, "x_train")
+    with pytest.raises(TypeError, match=r"expected a uint8 array \(NumPy or CuPy\) .*int16"):
+        checks.uint8_images(xp.zeros((2, 3, 8, 8), dtype=np.int16), on_host=False)
+
+
 def test_flag_types_parse_and_check():
     parse = cli.flag_type(POSITIVE)
     assert parse("3e-4") == 3e-4

@@ -1,4 +1,4 @@
-"""Masked patch prediction (Section 4.6): mean-colour targets on hand-made images, the
+"""Masked patch prediction (Section 4.6): mean-color targets on hand-made images, the
 corruption's proportions and seeds, the composed clean path equal to ``forward_features``,
 gradients in float64, and clear errors."""
 
@@ -15,11 +15,11 @@ from tinyvit.pretrain import (
     UNTOUCHED,
     Corruption,
     MaskedPatchPrediction,
-    class_colours,
-    colour_view,
+    class_colors,
+    color_view,
     corrupted_view,
     draw_corruption,
-    patch_colour_classes,
+    patch_color_classes,
     pretrain,
 )
 
@@ -39,23 +39,23 @@ def raw_images(batch=3, size=8, seed=0):
 # ---------------------------------------------------------------- targets
 
 
-def test_mean_colour_classes_of_hand_made_patches():
+def test_mean_color_classes_of_hand_made_patches():
     image = np.zeros((1, 3, 8, 8), dtype=np.uint8)
     image[0, 0, :4, :4] = 255  # patch 0: pure red -> bins (7, 0, 0)
-    image[0, :, :4, 4:] = 31  # patch 1: grey 31 -> bins (0, 0, 0): 31 * 8 / 256 < 1
-    image[0, :, 4:, :4] = 32  # patch 2: grey 32 -> bins (1, 1, 1)
+    image[0, :, :4, 4:] = 31  # patch 1: gray 31 -> bins (0, 0, 0): 31 * 8 / 256 < 1
+    image[0, :, 4:, :4] = 32  # patch 2: gray 32 -> bins (1, 1, 1)
     image[0, 1, 4:6, 4:] = 64  # patch 3: green half 64, half 0: mean 32 -> bins (0, 1, 0)
-    classes = patch_colour_classes(image, 4)
+    classes = patch_color_classes(image, 4)
     assert classes.shape == (1, 4) and classes.dtype == np.int64
     assert classes.tolist() == [[7 * 64, 0, 64 + 8 + 1, 8]]
-    assert patch_colour_classes(image, 4, bits=1).tolist() == [[4, 0, 0, 0]]
-    np.testing.assert_allclose(class_colours(classes[0, :1]), [[7.5 / 8, 0.5 / 8, 0.5 / 8]])
+    assert patch_color_classes(image, 4, bits=1).tolist() == [[4, 0, 0, 0]]
+    np.testing.assert_allclose(class_colors(classes[0, :1]), [[7.5 / 8, 0.5 / 8, 0.5 / 8]])
 
 
-def test_mean_colour_classes_equal_a_float_reference():
+def test_mean_color_classes_equal_a_float_reference():
     raw = raw_images(batch=5, size=12, seed=3)
     raw[0, :, :3, :3] = 255  # the top bin
-    got = patch_colour_classes(raw, 3)  # (5, 16)
+    got = patch_color_classes(raw, 3)  # (5, 16)
     means = raw.astype(np.float64).reshape(5, 3, 4, 3, 4, 3).mean(axis=(3, 5))  # (5, 3, 4, 4)
     bins = np.floor(means * 8 / 256).astype(np.int64)
     expected = (bins[:, 0] * 64 + bins[:, 1] * 8 + bins[:, 2]).reshape(5, -1)
@@ -63,17 +63,17 @@ def test_mean_colour_classes_equal_a_float_reference():
     assert got.max() < 512 and got[0, 0] == 511
 
 
-def test_colour_targets_reject_bad_images():
+def test_color_targets_reject_bad_images():
     with pytest.raises(TypeError, match="uint8"):
-        patch_colour_classes(np.zeros((1, 3, 8, 8), np.float32), 4)
+        patch_color_classes(np.zeros((1, 3, 8, 8), np.float32), 4)
     with pytest.raises(TypeError, match=r"\(3, 8, 8\)"):
-        patch_colour_classes(np.zeros((3, 8, 8), np.uint8), 4)
-    with pytest.raises(ValueError, match="3 colour channels"):
-        patch_colour_classes(np.zeros((1, 1, 8, 8), np.uint8), 4)
+        patch_color_classes(np.zeros((3, 8, 8), np.uint8), 4)
+    with pytest.raises(ValueError, match="3 color channels"):
+        patch_color_classes(np.zeros((1, 1, 8, 8), np.uint8), 4)
     with pytest.raises(ValueError, match="3x3 patches"):
-        patch_colour_classes(np.zeros((1, 3, 8, 8), np.uint8), 3)
+        patch_color_classes(np.zeros((1, 3, 8, 8), np.uint8), 3)
     with pytest.raises(ValueError, match=r"\[0, 512\)"):
-        class_colours([512])
+        class_colors([512])
 
 
 # ---------------------------------------------------------------- the corruption
@@ -158,7 +158,7 @@ def test_predictions_only_for_the_corrupted_patches():
     logits = model(x, c)
     assert logits.shape == (6, 512) and logits.dtype == np.float32  # 2 of 4 patches per image
     targets = model.targets(raw, c)
-    np.testing.assert_array_equal(targets, patch_colour_classes(raw, 4)[c.corrupted])
+    np.testing.assert_array_equal(targets, patch_color_classes(raw, 4)[c.corrupted])
     loss = model.loss(raw, c)
     assert loss.dtype == np.float32
     assert abs(loss.item() - np.log(512)) < 0.5  # near chance at initialisation
@@ -240,8 +240,8 @@ def test_bad_input_is_named():
 
 def test_pretraining_learns_and_is_seeded():
     rng = np.random.default_rng(6)
-    colours = rng.choice([16, 112, 208], size=(64, 3, 1, 1))  # one flat colour per image:
-    images = (colours + rng.integers(0, 16, (64, 3, 8, 8))).astype(np.uint8)  # neighbours tell
+    colors = rng.choice([16, 112, 208], size=(64, 3, 1, 1))  # one flat color per image:
+    images = (colors + rng.integers(0, 16, (64, 3, 8, 8))).astype(np.uint8)  # neighbours tell
     runs = []
     for _ in range(2):
         model = small_mpp(dtype=np.float32)
@@ -256,7 +256,7 @@ def test_pretraining_learns_and_is_seeded():
 # ---------------------------------------------------------------- pictures
 
 
-def test_pictures_of_the_corruption_and_of_colours():
+def test_pictures_of_the_corruption_and_of_colors():
     raw = raw_images(batch=2, seed=8)
     kind = np.array([[MASKED, RANDOM, UNTOUCHED, KEPT], [UNTOUCHED] * 4], dtype=np.int8)
     source = np.arange(8).reshape(2, 4)
@@ -264,12 +264,12 @@ def test_pictures_of_the_corruption_and_of_colours():
     view = corrupted_view(raw, Corruption(kind, source), 4)
     assert view.shape == (2, 8, 8, 3) and view.min() >= 0 and view.max() <= 1
     pixels = raw.transpose(0, 2, 3, 1) / 255.0  # (B, H, W, C)
-    np.testing.assert_array_equal(view[0, :4, :4], 0.5)  # [mask]: grey
+    np.testing.assert_array_equal(view[0, :4, :4], 0.5)  # [mask]: gray
     np.testing.assert_allclose(view[0, :4, 4:], pixels[1, 4:, 4:], atol=1e-6)  # the other patch
     np.testing.assert_allclose(view[0, 4:], pixels[0, 4:], atol=1e-6)  # kept and untouched
     np.testing.assert_allclose(view[1], pixels[1], atol=1e-6)
     classes = np.full((2, 4), 7 * 64)  # all red
-    painted = colour_view(raw, classes, kind != UNTOUCHED, 4)
+    painted = color_view(raw, classes, kind != UNTOUCHED, 4)
     red = np.broadcast_to([7.5 / 8, 0.5 / 8, 0.5 / 8], (4, 4, 3))
     np.testing.assert_allclose(painted[0, :4, :4], red)
     assert (painted[1] >= 0.75 - 1e-6).all()  # not corrupted: faded towards white

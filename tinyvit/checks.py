@@ -21,6 +21,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Range:
@@ -83,6 +85,32 @@ def one_of(name: str, value, choices):
     return value
 
 
+def uint8_images(images, what: str = "images", *, on_host: bool = True):
+    """``images`` itself, after checking it is a uint8 batch of images ``(n, C, H, W)``.
+
+    Images are stored and augmented as bytes and become floats only when
+    normalized. ``on_host=True`` (a data set, before batching) insists on a
+    NumPy array; ``on_host=False`` (a batch already on its device) accepts
+    NumPy or CuPy. The error names ``what``, the expected array and the
+    given one:
+
+    >>> uint8_images(np.zeros((2, 32, 32), np.float32), "x")
+    Traceback (most recent call last):
+    TypeError: x: expected a NumPy uint8 array of images (n, C, H, W), got a numpy.ndarray \
+of shape (2, 32, 32), float32
+    """
+    dtype, ndim = getattr(images, "dtype", None), getattr(images, "ndim", None)
+    right_kind = isinstance(images, np.ndarray) or (not on_host and dtype is not None)
+    if right_kind and dtype == np.uint8 and ndim == 4:
+        return images
+    kind, library = type(images), type(images).__module__.split(".")[0]
+    given = f"a {kind.__name__}" if library == "builtins" else f"a {library}.{kind.__name__}"
+    if dtype is not None:
+        given += f" of shape {tuple(images.shape)}, {dtype}"
+    expected = "a NumPy uint8 array" if on_host else "a uint8 array (NumPy or CuPy)"
+    raise TypeError(f"{what}: expected {expected} of images (n, C, H, W), got {given}")
+
+
 def divisors(n: int) -> list[int]:
     """The divisors of ``n`` in increasing order (for hints: which patch sizes fit)."""
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
@@ -98,4 +126,5 @@ __all__ = [
     "Range",
     "divisors",
     "one_of",
+    "uint8_images",
 ]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, data
+from . import backend, checks, data
 from .backend import xp_of
 from .resample import interpolate
 from .tensor import no_grad
@@ -211,16 +211,12 @@ def features(model, images, *, pool="cls", batch_size=500, device="cpu"):
     (``y`` of Eq. 4, what ``forward_head(..., pre_logits=True)`` gives, with
     a ``pre_logits`` layer if the model has one); ``pool="mean"`` averages
     the patch tokens after the final LayerNorm instead. Images are
-    normalised as for training and resized to the model's resolution.
+    normalized as for training and resized to the model's resolution.
     Runs in evaluation mode, without a graph.
     """
     if pool not in ("cls", "mean"):
         raise ValueError(f"pool must be 'cls' or 'mean', not {pool!r}")
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4):
-        raise TypeError(
-            f"features needs a NumPy uint8 array of images (n, C, H, W), got "
-            f"{tuple(getattr(images, 'shape', ()))}, {getattr(images, 'dtype', type(images))}"
-        )
+    checks.uint8_images(images, "features: images")
     was_training = model.training
     model.eval()
     out = []

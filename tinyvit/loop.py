@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from . import backend, data
+from . import backend, checks, data
 from . import functional as F
 from .optim import AdamW, WarmupCosine, clip_gradients
 from .resample import interpolate
@@ -103,16 +103,6 @@ class Evaluation(NamedTuple):
     accuracy: float
 
 
-def uint8_images(images, what="images"):
-    """``images`` itself, after checking it is a NumPy uint8 batch ``(n, C, H, W)``."""
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4):
-        raise TypeError(
-            f"{what}: expected a NumPy uint8 array of images (n, C, H, W), got "
-            f"{tuple(getattr(images, 'shape', ()))}, {getattr(images, 'dtype', type(images))}"
-        )
-    return images
-
-
 def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="testing", tta=False):
     """Mean cross-entropy and accuracy of ``model`` on uint8 ``images`` ``(n, C, H, W)``.
 
@@ -125,7 +115,7 @@ def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="tes
     average, the prediction its largest class. ``progress`` shows a bar.
     Returns an ``Evaluation(loss, accuracy)``.
     """
-    images = uint8_images(images)
+    images = checks.uint8_images(images)
     if len(labels) != len(images) or len(images) == 0:
         raise ValueError(
             f"evaluate needs as many labels as images (at least one), got {len(images)} "
@@ -185,5 +175,4 @@ __all__ = [
     "evaluate",
     "step_seed",
     "train_step",
-    "uint8_images",
 ]

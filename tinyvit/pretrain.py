@@ -7,14 +7,14 @@ B.1.2) is the paper's BERT-like pre-training without labels. Of an image's
 10% by the embedding of a random other patch, and 10% are kept as they are;
 then the class token and the position embeddings are added as usual and the
 sequence runs through the encoder. A linear head on each corrupted patch's
-output token predicts that patch's **mean colour**, quantised to 3 bits per
+output token predicts that patch's **mean color**, quantized to 3 bits per
 channel: ``8 x 8 x 8 = 512`` classes, learned with cross-entropy on the
 corrupted patches only. The paper reports 79.9% on ImageNet for a ViT-B/16
 pre-trained so on JFT for 1M steps: 2% better than training from scratch,
 4% behind supervised pre-training.
 
-* ``patch_colour_classes`` computes the targets from the raw uint8 image;
-  ``class_colours`` turns classes back into colours (for pictures).
+* ``patch_color_classes`` computes the targets from the raw uint8 image;
+  ``class_colors`` turns classes back into colors (for pictures).
 * ``draw_corruption`` draws which patches are corrupted and how, from a
   seeded generator; ``MaskedPatchPrediction`` wraps a ``ViT`` and applies a
   corruption between the patch embedding and the addition of the class token
@@ -38,18 +38,18 @@ import numpy as np
 from . import backend, checks, data
 from . import functional as F
 from .backend import xp_of
-from .loop import adamw_with_schedule, train_step, uint8_images
+from .loop import adamw_with_schedule, train_step
 from .nn import Linear, Module, Parameter, trunc_normal
 from .tensor import Tensor
 from .vit import ViT
 
 # ---------------------------------------------------------------------------
-# The targets: each patch's mean colour, 3 bits per channel
+# The targets: each patch's mean color, 3 bits per channel
 # ---------------------------------------------------------------------------
 
 
-def patch_colour_classes(images, patch_size, bits=3):
-    """The mean colour of every patch of uint8 ``(B, 3, H, W)`` images, as a class.
+def patch_color_classes(images, patch_size, bits=3):
+    """The mean color of every patch of uint8 ``(B, 3, H, W)`` images, as a class.
 
     Each channel's mean over the patch's ``P x P`` pixels (a number in
     ``[0, 255]``) is cut into ``2**bits`` equal bins: ``bin = floor(mean *
@@ -58,16 +58,12 @@ def patch_colour_classes(images, patch_size, bits=3):
     ``2**(3 * bits)`` (512 for 3 bits). Returns ``(B, N)`` int64, patches in
     the order of ``vit.patchify`` (row by row).
     """
-    if getattr(images, "dtype", None) != np.uint8 or getattr(images, "ndim", 0) != 4:
-        raise TypeError(
-            "patch_colour_classes needs raw uint8 images (B, C, H, W), got "
-            f"shape {tuple(getattr(images, 'shape', ()))}, {getattr(images, 'dtype', None)}"
-        )
+    checks.uint8_images(images, "patch_color_classes: images", on_host=False)
     B, C, H, W = images.shape
     P = patch_size
     if C != 3:
         raise ValueError(
-            f"patch_colour_classes needs 3 colour channels, got {C} (shape {images.shape})"
+            f"patch_color_classes needs 3 color channels, got {C} (shape {images.shape})"
         )
     if H % P or W % P:
         raise ValueError(f"images of {H}x{W} pixels do not split into {P}x{P} patches")
@@ -82,12 +78,12 @@ def patch_colour_classes(images, patch_size, bits=3):
     return classes.reshape(B, -1)  # (B, N)
 
 
-def class_colours(classes, bits=3):
-    """The colour at the centre of each class's bins: ``(..., 3)`` floats in ``[0, 1]``."""
+def class_colors(classes, bits=3):
+    """The color at the center of each class's bins: ``(..., 3)`` floats in ``[0, 1]``."""
     classes = np.asarray(backend.to_numpy(classes), dtype=np.int64)
     levels = 1 << bits
     if classes.size and (classes.min() < 0 or classes.max() >= levels**3):
-        raise ValueError(f"colour classes must lie in [0, {levels**3}) for {bits} bits")
+        raise ValueError(f"color classes must lie in [0, {levels**3}) for {bits} bits")
     red, green, blue = classes // (levels * levels), classes // levels % levels, classes % levels
     return (np.stack([red, green, blue], axis=-1) + 0.5) / levels
 
@@ -115,7 +111,7 @@ class Corruption:
 
     @property
     def corrupted(self) -> np.ndarray:
-        """``(B, N)`` bool: the patches whose colour the model must predict."""
+        """``(B, N)`` bool: the patches whose color the model must predict."""
         return self.kind != UNTOUCHED
 
     @property
@@ -165,7 +161,7 @@ def draw_corruption(batch, num_patches, rng, mask_ratio=0.5, replace=(0.8, 0.1, 
 
 
 class MaskedPatchPrediction(Module):
-    """A ``ViT`` with a ``[mask]`` embedding and a mean-colour head for pre-training.
+    """A ``ViT`` with a ``[mask]`` embedding and a mean-color head for pre-training.
 
     ``MaskedPatchPrediction(vit, bits=3, mask_ratio=0.5, replace=(0.8, 0.1, 0.1))``.
     Parameters: the ViT's own (``vit.*``), ``mask_token`` ``(D,)`` and
@@ -184,7 +180,7 @@ class MaskedPatchPrediction(Module):
             raise TypeError(f"MaskedPatchPrediction wraps a ViT, not {type(vit).__name__}")
         if vit.channels != 3:
             raise ValueError(
-                f"mean-colour targets need RGB images, but the ViT has {vit.channels} channels"
+                f"mean-color targets need RGB images, but the ViT has {vit.channels} channels"
             )
         if vit.patch_dropout:
             raise ValueError(
@@ -231,7 +227,7 @@ class MaskedPatchPrediction(Module):
         return flat.reshape(B, N, D)
 
     def encode(self, images, corruption: Corruption | None = None) -> Tensor:
-        """``(B, C, H, W)`` normalised images to ``(B, N+1, D)`` tokens after the final LN.
+        """``(B, C, H, W)`` normalized images to ``(B, N+1, D)`` tokens after the final LN.
 
         The ViT's ``forward_features`` with ``corruption`` (if any) applied
         to the patch embeddings before the class token and the position
@@ -244,7 +240,7 @@ class MaskedPatchPrediction(Module):
         return vit.encode(patches)  # (B, N+1, D)
 
     def forward(self, images, corruption: Corruption) -> Tensor:
-        """Colour logits ``(M, 2**(3*bits))`` of the ``M`` corrupted patches, image by image."""
+        """Color logits ``(M, 2**(3*bits))`` of the ``M`` corrupted patches, image by image."""
         tokens = self.encode(images, corruption)  # (B, N+1, D)
         B, n_plus_1, D = tokens.shape
         where = np.flatnonzero(corruption.corrupted.reshape(-1))  # (M,) flat indices b*N + n
@@ -253,8 +249,8 @@ class MaskedPatchPrediction(Module):
         return self.head(picked)  # (M, classes)
 
     def targets(self, raw, corruption: Corruption):
-        """The ``(M,)`` colour classes of the corrupted patches of uint8 images ``raw``."""
-        classes = patch_colour_classes(raw, self.vit.patch_embed.patch_size, self.bits)  # (B, N)
+        """The ``(M,)`` color classes of the corrupted patches of uint8 images ``raw``."""
+        classes = patch_color_classes(raw, self.vit.patch_embed.patch_size, self.bits)  # (B, N)
         if classes.shape != corruption.shape:
             raise ValueError(
                 f"{classes.shape[0]} images of {classes.shape[1]} patches do not match a "
@@ -264,10 +260,10 @@ class MaskedPatchPrediction(Module):
         return classes.reshape(-1)[xp.asarray(np.flatnonzero(corruption.corrupted.reshape(-1)))]
 
     def loss(self, raw, corruption: Corruption) -> Tensor:
-        """Mean cross-entropy of the colour predictions for the corrupted patches.
+        """Mean cross-entropy of the color predictions for the corrupted patches.
 
         ``raw`` is a uint8 ``(B, 3, H, W)`` batch: the targets come from it,
-        and the model's input is it normalised by ``data.normalize``.
+        and the model's input is it normalized by ``data.normalize``.
         """
         target = self.targets(raw, corruption)  # (M,)
         images = data.normalize(raw, dtype=self.vit.pos_embed.dtype)  # (B, 3, H, W)
@@ -275,7 +271,7 @@ class MaskedPatchPrediction(Module):
 
 
 # ---------------------------------------------------------------------------
-# Pictures: what the model is shown, and colours painted on patches
+# Pictures: what the model is shown, and colors painted on patches
 # ---------------------------------------------------------------------------
 
 
@@ -294,11 +290,11 @@ def _picture(grid):
     return grid.transpose(0, 1, 3, 2, 4, 5).reshape(B, rows * P, cols * P, C)
 
 
-def corrupted_view(raw, corruption: Corruption, patch_size, grey=0.5):
+def corrupted_view(raw, corruption: Corruption, patch_size, gray=0.5):
     """``(B, H, W, 3)`` pictures in ``[0, 1]`` of what the model is shown.
 
     The corruption acts on embeddings, not pixels; drawn in pixels, a
-    ``[mask]`` patch is flat ``grey`` and a ``RANDOM`` patch shows the pixels
+    ``[mask]`` patch is flat ``gray`` and a ``RANDOM`` patch shows the pixels
     of the patch whose embedding it took.
     """
     grid = _patch_grid(raw, patch_size)  # (B, rows, cols, P, P, C)
@@ -307,17 +303,17 @@ def corrupted_view(raw, corruption: Corruption, patch_size, grey=0.5):
         raise ValueError(f"a corruption of shape {corruption.shape} for {B} images of "
                          f"{rows * cols} patches")  # fmt: skip
     flat = grid.reshape(B * rows * cols, *grid.shape[3:])[corruption.source.reshape(-1)]
-    flat[corruption.kind.reshape(-1) == MASKED] = grey
+    flat[corruption.kind.reshape(-1) == MASKED] = gray
     return _picture(flat.reshape(grid.shape))
 
 
-def colour_view(raw, classes, where, patch_size, bits=3, fade=0.25):
-    """``(B, H, W, 3)`` pictures: patches where ``where`` is True painted in the colours of
-    ``classes`` (``(B, N)`` colour classes), the others faded towards white."""
+def color_view(raw, classes, where, patch_size, bits=3, fade=0.25):
+    """``(B, H, W, 3)`` pictures: patches where ``where`` is True painted in the colors of
+    ``classes`` (``(B, N)`` color classes), the others faded towards white."""
     grid = _patch_grid(raw, patch_size)  # (B, rows, cols, P, P, C)
     B, rows, cols = grid.shape[:3]
     where = backend.to_numpy(where).reshape(B, rows, cols)
-    paint = class_colours(backend.to_numpy(classes).reshape(B, rows, cols), bits)
+    paint = class_colors(backend.to_numpy(classes).reshape(B, rows, cols), bits)
     faded = 1.0 - fade * (1.0 - grid)
     painted = np.broadcast_to(paint[:, :, :, None, None, :], grid.shape)
     return _picture(np.where(where[..., None, None, None], painted, faded))
@@ -352,7 +348,7 @@ def pretrain(
     gradient clipping at ``clip``. Returns a list of ``{step, loss, seconds}``
     records, one per step; the model is trained in place.
     """
-    images = uint8_images(images)
+    images = checks.uint8_images(images, "pretrain: images")
     checks.POSITIVE_INT.check("pretrain: steps", steps)
     checks.POSITIVE_INT.check("pretrain: batch_size", batch_size)
     checks.POSITIVE.check("pretrain: lr", lr)
@@ -366,8 +362,8 @@ def pretrain(
     for step in range(steps):
         epoch, i = divmod(step, per_epoch)
         if i == 0 or order is None:  # a new pass over the images, in a new order
-            order = np.random.default_rng([seed, epoch]).permutation(len(images))
-        rng = np.random.default_rng([seed, epoch, i])
+            order = data.epoch_order(len(images), seed, epoch)
+        rng = data.batch_rng(seed, epoch, i)
         raw = backend.to_device(images[order[i * batch_size : (i + 1) * batch_size]], device)
         if flip:
             raw = data.horizontal_flip(raw, rng)  # (B, 3, H, W) uint8
@@ -384,7 +380,7 @@ def pretrain(
         if log and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             recent = [r["loss"] for r in history[-log_every:]]
             log(
-                f"pretrain step {step + 1:>5}/{steps}  colour loss {np.mean(recent):.3f}  "
+                f"pretrain step {step + 1:>5}/{steps}  color loss {np.mean(recent):.3f}  "
                 f"{history[-1]['seconds']:.0f} s"
             )
     return history
@@ -397,10 +393,10 @@ __all__ = [
     "MaskedPatchPrediction",
     "RANDOM",
     "UNTOUCHED",
-    "class_colours",
-    "colour_view",
+    "class_colors",
+    "color_view",
     "corrupted_view",
     "draw_corruption",
-    "patch_colour_classes",
+    "patch_color_classes",
     "pretrain",
 ]

@@ -1,0 +1,244 @@
+"""CIFAR-10 (Krizhevsky 2009): the official binary release, its reader and its download.
+
+The paper fine-tunes on CIFAR-10 (Section 4.1); tinyvit also trains on it
+from scratch. The binary release (``cifar-10-binary.tar.gz``) unpacks to a
+folder ``cifar-10-batches-bin/`` of six files, ``data_batch_1.bin`` …
+``data_batch_5.bin`` (training) and ``test_batch.bin``, each 10,000 records
+of 3,073 bytes: one label byte, then the 32×32 image as 1,024 red, 1,024
+green and 1,024 blue bytes, each plane row by row. So a whole file is one
+``(10000, 3073)`` byte matrix, and the images are its last 3,072 columns
+reshaped to ``(3, 32, 32)``: no decoding at all.
+
+    data = load_cifar10()                    # or load_cifar10("../shared/data")
+    x_train, y_train, x_test, y_test, classes = data
+
+When the folder is missing, ``load_cifar10`` fetches the official archive
+(``tinyvit.data.download``: resumed, size and MD5 checked before anything
+else touches it, only plain files unpacked, and only inside the data
+folder). A folder put there by hand is taken as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .download import Release, download_release, extract_folder
+from .errors import DataError
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+SIZE = 170_052_171  # bytes
+MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+ARCHIVE = "cifar-10-binary.tar.gz"
+FOLDER = "cifar-10-batches-bin"
+TITLE = "CIFAR-10"  # in messages and on the progress bar
+
+TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+TEST_FILE = "test_batch.bin"
+META_FILE = "batches.meta.txt"
+
+IMAGE_SHAPE = (3, 32, 32)
+RECORD_BYTES = 1 + 3 * 32 * 32  # a label byte, then 3,072 pixel bytes
+RECORDS_PER_FILE = 10_000
+FILE_BYTES = RECORDS_PER_FILE * RECORD_BYTES  # 30,730,000
+
+CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+# Per-channel mean and standard deviation of the training images, on the 0..1 scale.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+class CIFAR10(NamedTuple):
+    """The whole data set as NumPy arrays; unpacks as a 5-tuple."""
+
+    x_train: np.ndarray  # (50000, 3, 32, 32) uint8
+    y_train: np.ndarray  # (50000,) int64
+    x_test: np.ndarray  # (10000, 3, 32, 32) uint8
+    y_test: np.ndarray  # (10000,) int64
+    classes: tuple  # 10 class names
+
+
+# ---------------------------------------------------------------------------
+# Reading the binary files
+# ---------------------------------------------------------------------------
+
+
+def default_root() -> Path:
+    """Where the data lives unless told otherwise: ``$TINYVIT_DATA``, else ``~/.cache/tinyvit``."""
+    return Path(os.environ.get("TINYVIT_DATA") or Path.home() / ".cache" / "tinyvit").expanduser()
+
+
+def find_folder(root) -> Path | None:
+    """The folder that holds the batch files under ``root``, or None if there is none yet.
+
+    That is ``root/cifar-10-batches-bin``, or ``root`` itself when it is that
+    folder or already holds ``data_batch_1.bin``.
+    """
+    root = Path(root).expanduser()
+    if (root / FOLDER).is_dir():
+        return root / FOLDER
+    if (root.name == FOLDER and root.is_dir()) or (root / TRAIN_FILES[0]).is_file():
+        return root
+    return None
+
+
+def read_batch(path, records: int | None = RECORDS_PER_FILE) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64 of one batch file.
+
+    The file must hold exactly ``records`` records (10,000, as every official
+    file does); ``records=None`` accepts any whole number of them, for small
+    files made by tests.
+    """
+    path = Path(path)
+    if not path.is_file():
+        size = f" ({records * RECORD_BYTES:,} bytes)" if records else ""
+        raise DataError(
+            f"missing CIFAR-10 batch file {path}{size}; copy it from the official archive's "
+            f"{FOLDER}/ folder"
+        )
+    size = path.stat().st_size
+    if records is None:
+        if size == 0 or size % RECORD_BYTES:
+            raise DataError(
+                f"{path} has {size:,} bytes, not a whole number of {RECORD_BYTES:,}-byte records"
+            )
+        records = size // RECORD_BYTES
+    if size != records * RECORD_BYTES:
+        raise DataError(
+            f"{path} has {size:,} bytes, expected {records * RECORD_BYTES:,} "
+            f"({records:,} records of {RECORD_BYTES:,} bytes): the file is truncated "
+            "or not a CIFAR-10 batch file; replace it with the one from the official archive"
+        )
+    raw = np.fromfile(path, dtype=np.uint8).reshape(records, RECORD_BYTES)
+    labels = raw[:, 0].astype(np.int64)  # (N,)
+    images = np.ascontiguousarray(raw[:, 1:]).reshape(records, *IMAGE_SHAPE)  # (N, 3, 32, 32)
+    return images, labels
+
+
+def read_classes(path) -> tuple[str, ...]:
+    """The class names in ``batches.meta.txt``, one a line (blank lines ignored).
+
+    A folder without the file gets the official names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return CLASSES
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not names:
+        raise DataError(f"{path} lists no class names")
+    return names
+
+
+def load_cifar10(root=None, download: bool = True, *, records: int = RECORDS_PER_FILE) -> CIFAR10:
+    """Read CIFAR-10 from ``root`` (default: ``default_root()``), downloading it if missing.
+
+    ``root`` may be the folder that contains ``cifar-10-batches-bin/`` or
+    that folder itself. ``records`` is the number of records per file the
+    reader insists on (10,000; tests pass smaller numbers for small files).
+    """
+    root = Path(root).expanduser() if root is not None else default_root()
+    folder = find_folder(root)
+    if folder is None:
+        if not download:
+            raise DataError(
+                f"no CIFAR-10 data under {root} (looked for {root / FOLDER / TRAIN_FILES[0]}). "
+                f"Pass download=True to fetch it, or install it by hand: {_by_hand(root)}"
+            )
+        folder = download_cifar10(root)
+
+    classes = read_classes(folder / META_FILE)
+    train = [read_batch(folder / name, records) for name in TRAIN_FILES]
+    x_test, y_test = read_batch(folder / TEST_FILE, records)
+    x_train = np.concatenate([images for images, _ in train])  # (5 * records, 3, 32, 32)
+    y_train = np.concatenate([labels for _, labels in train])
+    for name, labels in (("training", y_train), ("test", y_test)):
+        if labels.max() >= len(classes):
+            raise DataError(
+                f"the {name} labels in {folder} go up to {labels.max()}, but "
+                f"{folder / META_FILE} names only {len(classes)} classes"
+            )
+    return CIFAR10(x_train, y_train, x_test, y_test, classes)
+
+
+# ---------------------------------------------------------------------------
+# Downloading, verifying and unpacking the official archive
+# ---------------------------------------------------------------------------
+
+
+def _by_hand(root: Path) -> str:
+    """How to put the files in place without this module's download."""
+    return (
+        f"on a machine with internet, download {URL}, unpack it, and put the folder "
+        f"{FOLDER}/ it contains (data_batch_1.bin ... data_batch_5.bin, test_batch.bin, "
+        f"{META_FILE}) at {Path(root) / FOLDER}; or point $TINYVIT_DATA or the root "
+        "argument (--data-dir) at a folder that holds it"
+    )
+
+
+def download_cifar10(
+    root=None, url=URL, size=SIZE, md5=MD5, progress: bool = True, timeout: float = 60.0
+) -> Path:
+    """Download, verify and unpack the official archive into ``root``; return the batch folder.
+
+    The bytes go to ``cifar-10-binary.tar.gz.part`` first; an interrupted
+    download resumes from where it stopped (an HTTP ``Range`` request). The
+    size and MD5 are checked before the file is renamed to its final name or
+    unpacked; an archive that fails is moved aside to ``….bad-<md5 prefix>``
+    and never used (``tinyvit.data.download``).
+    """
+    root = Path(root).expanduser() if root is not None else default_root()
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / FOLDER).is_dir():
+        return root / FOLDER
+    release = Release(url=url, name=ARCHIVE, size=size, md5=md5, title=TITLE)
+    archive = download_release(
+        release, root, by_hand=_by_hand(root), progress=progress, timeout=timeout
+    )
+    return extract_cifar10(archive, root)
+
+
+def extract_cifar10(archive, root) -> Path:
+    """Unpack ``archive`` into ``root`` and return ``root/cifar-10-batches-bin``.
+
+    Only plain files and folders are unpacked, each only if its path stays
+    inside ``root``; anything else (absolute paths, ``..``, links, devices)
+    refuses the whole archive. Files go to a temporary folder inside ``root``
+    first and the batch folder is renamed into place at the end, so a
+    half-unpacked folder is never mistaken for a good one.
+    """
+    return extract_folder(archive, root, FOLDER, must_hold=TRAIN_FILES[0], title=TITLE)
+
+
+__all__ = [
+    "ARCHIVE",
+    "CIFAR10",
+    "CLASSES",
+    "FILE_BYTES",
+    "FOLDER",
+    "IMAGE_SHAPE",
+    "MD5",
+    "MEAN",
+    "META_FILE",
+    "RECORDS_PER_FILE",
+    "RECORD_BYTES",
+    "SIZE",
+    "STD",
+    "TEST_FILE",
+    "TITLE",
+    "TRAIN_FILES",
+    "URL",
+    "default_root",
+    "download_cifar10",
+    "extract_cifar10",
+    "find_folder",
+    "load_cifar10",
+    "read_batch",
+    "read_classes",
+]
