@@ -7,7 +7,7 @@ ViT-Lite-7/4 is bound by those, not by arithmetic. The CuPy stand-in
 (``tests/cupy_standin.py``) counts them: these tests hold the step to its
 budget (a count, not a time). And the CPU side of the same design: one
 buffer for all the parameters (``optim.FlatParameters``) gives the same
-numbers as the per-parameter update, to the bit.
+numbers as updating each parameter on its own, to the bit.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import tinyvit
 from tinyvit import backend, data, kernels, loop
 from tinyvit import functional as F
 from tinyvit.ema import ModelEMA
-from tinyvit.optim import SGD, AdamW, clip_grad_norm
-from tinyvit.train import RECIPES, TrainConfig, Trainer
+from tinyvit.optim import SGD, AdamW, clip_grad_norm, clip_gradients, decays, whole_buffer
+from tinyvit.train import Trainer, recipe
 
 try:
     import cupy_standin  # tests/ is on sys.path
@@ -49,9 +49,7 @@ class Synthetic:
 
 
 def gpu_trainer(tmp_path, batch_size, **changes):
-    settings = {**RECIPES["gpu"], "batch_size": batch_size, "epochs": 1, "warmup_epochs": 0.5,
-                **changes}
-    config = TrainConfig(**{**TrainConfig().__dict__, **settings})
+    config = recipe("gpu", batch_size=batch_size, epochs=1, warmup_epochs=0.5, **changes)
     return Trainer(config, Synthetic(), tmp_path, progress=False)
 
 
@@ -64,7 +62,7 @@ def count_steps(trainer, steps=2):
     counts = []
     for i, (x, y) in enumerate(batches):
         with kernels.using("auto"), cupy_standin.counting() as c:
-            trainer.train_step(x, y)
+            trainer.train_on_batch(x, y)
             trainer.step += 1
         counts.append(c)
         if i == steps:
@@ -140,60 +138,65 @@ def model_and_batch(seed=0):
     return model, x, rng.integers(0, 5, 6)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda m, flat: AdamW(m, lr=3e-3, weight_decay=0.05, flat=flat),
-        lambda m, flat: SGD(m.parameters(), 0.05, 0.9, nesterov=True, weight_decay=1e-3,
-                            flat=flat),
-    ],  # fmt: skip
-    ids=["adamw", "sgd"],
-)
+def adamw(params_or_groups):
+    return AdamW(params_or_groups, lr=3e-3, weight_decay=0.05)
+
+
+def sgd(params_or_groups):
+    return SGD(params_or_groups, 0.05, 0.9, nesterov=True, weight_decay=1e-3)
+
+
+def one_group_each(model, make):
+    """The optimizer ``make`` builds, with each parameter in a group of its own (AdamW's
+    decay as its default grouping has it): the update runs parameter by parameter."""
+    if make is adamw:
+        return make([{"params": [p], "weight_decay": 0.05 if decays(name, p) else 0.0}
+                     for name, p in model.named_parameters()])  # fmt: skip
+    return make([{"params": [p]} for p in model.parameters()])
+
+
+@pytest.mark.parametrize("make", [adamw, sgd], ids=["adamw", "sgd"])
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 def test_the_flat_step_equals_the_per_parameter_step_to_the_bit(make, clip):
     """The same elementwise maths on one array as on each parameter: the same weights to
-    the bit. Clipping sums the squares in another order (one dot product over the buffer,
-    not one per parameter), so with it they agree to float32's rounding."""
+    the bit. The per-parameter run updates each parameter on its own (one group each) and
+    has each gradient in an array of its own (``model.zero_grad()``: backward makes them),
+    so it clips parameter by parameter too; clipping sums the squares in another order
+    (one dot product over the buffer, not one per parameter), so with it they agree to
+    float32's rounding."""
     runs = []
     for flat in (True, False):
         model, x, y = model_and_batch()
-        optimizer = make(model, flat)
-        assert (optimizer.flat is not None) == flat
+        optimizer = one_group_each(model, make) if not flat else (
+            make(model.parameters() if make is sgd else model))  # fmt: skip
+
+        def forward(model=model, x=x, y=y):
+            return F.cross_entropy(model(x), y), None
+
         for step in range(4):
-            loop.train_step(
-                model, optimizer, lambda m=model, x=x, y=y: (F.cross_entropy(m(x), y), None),
-                step=step, lr=3e-3, clip=clip, seed=1,
-            )  # fmt: skip
+            if flat:
+                loop.train_step(model, optimizer, forward, step=step, lr=3e-3, clip=clip, seed=1)
+                continue
+            optimizer.set_lr(3e-3)
+            backend.manual_seed(loop.step_seed(1, step))
+            loss, _ = forward()
+            model.zero_grad()  # .grad = None: backward gives each parameter its own array
+            loss.backward()
+            assert whole_buffer(p.grad for p in model.parameters()) is None
+            if clip:
+                clip_gradients(model.parameters(), clip)
+            optimizer.step()  # copies the gradients into its buffer first
         runs.append(model.state_dict())
-        if flat:  # the buffers were used: every gradient was written into its place
-            assert optimizer.flat.gradients_in_place() and optimizer._group_states is not None
-            assert all(p.data.base is optimizer.flat.data for p in model.parameters())
+        # the buffers were used: every weight and every gradient is a view of them
+        assert all(p.data.base is optimizer.flat.data for p in model.parameters())
+        if flat:
+            assert whole_buffer(p.grad for p in model.parameters()) is optimizer.flat.grad
+            assert len(optimizer.param_groups) == (2 if make is adamw else 1)
     for name, value in runs[0].items():
         if clip:
             np.testing.assert_allclose(value, runs[1][name], rtol=1e-4, atol=1e-5, err_msg=name)
         else:
             np.testing.assert_array_equal(value, runs[1][name], err_msg=name)
-
-
-def test_a_parameter_without_a_gradient_keeps_the_per_parameter_step():
-    """A parameter that got no gradient must not move (nor its moments decay): the step
-    falls back to the per-parameter update, and later steps gather the states again."""
-    model, x, y = model_and_batch()
-    optimizer = AdamW(model, lr=1e-2, weight_decay=0.1)
-    head = moved = model.head.weight.data.copy()
-    for step in range(3):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        if step == 1:
-            model.head.weight.grad = None
-        optimizer.step()
-        if step == 1:
-            np.testing.assert_array_equal(model.head.weight.data, moved)
-        moved = model.head.weight.data.copy()
-    assert not np.array_equal(moved, head)
-    steps = {s["step"] for s in optimizer.state}
-    assert steps == {2, 3}  # the head missed one step, the others did not
 
 
 def test_the_flat_adamw_matches_torch():
@@ -205,11 +208,12 @@ def test_the_flat_adamw_matches_torch():
     theirs = torch.optim.AdamW(refs, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
     rng = np.random.default_rng(0)
     for _ in range(3):
+        ours.zero_grad()
         for p, r in zip(params, refs, strict=True):
             g = rng.standard_normal(p.shape).astype(np.float32)
-            p.grad_buffer[...] = g  # where backward() writes it
-            p.grad, r.grad = p.grad_buffer, torch.tensor(g.astype(np.float64))
-        assert ours.flat.gradients_in_place()
+            p.grad += g  # as backward() adds it, into the optimizer's buffer
+            r.grad = torch.tensor(g.astype(np.float64))
+        assert whole_buffer(p.grad for p in params) is ours.flat.grad
         ours.step()
         theirs.step()
     for p, r in zip(params, refs, strict=True):
@@ -217,27 +221,44 @@ def test_the_flat_adamw_matches_torch():
 
 
 def test_clipping_the_flat_gradient_matches_per_parameter_clipping():
+    """With an optimizer the gradients are one buffer, clipped by one dot product and one
+    scale; without, each is its own array, clipped one by one: the same gradients."""
     results = []
     for flat in (True, False):
         model, x, y = model_and_batch()
-        optimizer = AdamW(model, lr=1e-3, flat=flat)
+        optimizer = AdamW(model, lr=1e-3) if flat else None
         F.cross_entropy(model(x), y).backward()
+        whole = whole_buffer(p.grad for p in model.parameters())
+        assert whole is (optimizer.flat.grad if flat else None)
         norm = clip_grad_norm(model.parameters(), 0.05)
         results.append((norm, [p.grad.copy() for p in model.parameters()]))
-        assert (optimizer.flat is not None) == flat
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    if cupy_standin is not None and cupy_standin.installed():  # as many launches as one array
+        counts = []
+        for params in ("all", "one"):
+            model, x, y = model_and_batch()
+            model.to("cuda")
+            AdamW(model, lr=1e-3)
+            x, y = backend.to_device(x, "cuda"), backend.to_device(y, "cuda")
+            F.cross_entropy(model(x), y).backward()
+            chosen = model.parameters() if params == "all" else [model.head.bias]
+            with cupy_standin.counting() as c:
+                clip_gradients(chosen, 0.05)
+            assert c.syncs == 0, c
+            counts.append(c.launches)
+        assert counts[0] == counts[1] and len(model.parameters()) > 20
 
 
 def test_loading_weights_and_the_ema_keep_the_parameters_in_the_buffer():
     model, x, y = model_and_batch()
     optimizer = AdamW(model, lr=1e-3)
     ema = ModelEMA(model, 0.9)
-    assert ema._flat is optimizer.flat
+    assert ema._weights is optimizer.flat.data
     model.load_state_dict({k: v + 1 for k, v in model.state_dict().items()})
-    assert optimizer.flat.relink() and all(
-        p.data is view for p, view in zip(optimizer.flat.params, optimizer.flat._views)
+    assert all(
+        p.data is view for p, view in zip(optimizer.flat.params, optimizer.flat.data_views)
     )
     trained = model.state_dict()
     ema.update(model)
@@ -246,14 +267,36 @@ def test_loading_weights_and_the_ema_keep_the_parameters_in_the_buffer():
             np.testing.assert_array_equal(p.data, ema.averages[name])
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, trained[name])
-    # the same averages as an EMA of a model whose parameters are on their own
+    # the same averages as an EMA of a model whose parameters no optimizer holds
     other, _, _ = model_and_batch()
     plain = ModelEMA(other, 0.9)
     other.load_state_dict(trained)
     plain.update(other)
-    assert plain._flat is None
+    assert plain._weights is not optimizer.flat.data and plain._weights.size == ema._weights.size
     for name, value in plain.averages.items():
         np.testing.assert_array_equal(value, ema.averages[name])
+
+
+def test_an_average_made_before_the_optimizer_follows_the_weights_into_its_buffer():
+    """``ModelEMA`` gathers the weights of a model no optimizer holds; an optimizer made
+    later moves them into its own buffer (in its groups' order); the average follows at its
+    next update, its values unchanged, and updates by whole arrays from then on."""
+    model, x, y = model_and_batch()
+    ema = ModelEMA(model, 0.5)
+    for p in model.parameters():
+        p.data += 1.0
+    ema.update(model)
+    before = ema.averages
+    optimizer = AdamW(model, lr=1e-3)
+    assert ema._weights is not optimizer.flat.data
+    keep = ema.decay_now()
+    ema.update(model)
+    assert ema._weights is optimizer.flat.data
+    for name, p in model.named_parameters():  # the second update, with the same weights
+        expected = keep * before[name] + (1 - keep) * p.data
+        np.testing.assert_allclose(ema.averages[name], expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="not the model"):
+        ema.update(model_and_batch()[0])
 
 
 def test_numbers_are_not_copied_to_the_device_and_devices_do_not_mix(device):

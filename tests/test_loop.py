@@ -98,9 +98,11 @@ def test_evaluate_in_eval_mode_at_the_model_resolution():
 
 
 def test_every_loop_takes_the_one_step_and_the_one_evaluation():
-    for module in (tinyvit.train, tinyvit.finetune, tinyvit.pretrain):
+    from tinyvit.train import trainer
+
+    for module in (trainer, tinyvit.finetune, tinyvit.pretrain):
         assert module.train_step is loop.train_step, module.__name__
-    for module in (tinyvit.train, tinyvit.finetune):
+    for module in (trainer, tinyvit.finetune):
         assert module.evaluate is loop.evaluate, module.__name__
     assert tinyvit.train.TrainingDiverged is TrainingDiverged
 

@@ -104,7 +104,7 @@ def config_from_args(args) -> TrainConfig:
         for f in declared(TrainConfig)
         if getattr(args, f.name, None) is not None
     }
-    model = {name: getattr(args, name) for name in MODEL_SETTINGS if getattr(args, name) is not None}
+    model = {n: getattr(args, n) for n in MODEL_SETTINGS if getattr(args, n) is not None}
     if model:
         changes["model_overrides"] = model
     return recipe("quick" if args.quick else args.recipe, **changes)
