@@ -61,16 +61,32 @@ BENCHMARKS = {
 # ---------------------------------------------------------------------------
 
 
+def configure_tinyvit_process():
+    """The process settings tinyvit's entry points apply (``kernels.configure_process``).
+
+    A ``--baseline`` checkout from before that call quieted OpenBLAS when
+    imported and kept freed memory through ``kernels.cpu_runtime`` (older
+    still: ``backend``); it gets what its own trainer applied.
+    """
+    import tinyvit
+
+    kernels = getattr(tinyvit, "kernels", None)
+    if kernels is not None and hasattr(kernels, "configure_process"):
+        kernels.configure_process()
+        return
+    try:
+        from tinyvit.kernels.cpu_runtime import keep_freed_memory
+    except ImportError:
+        from tinyvit.backend import keep_freed_memory
+    keep_freed_memory()
+
+
 def tinyvit_step(config, batch, seed=0):
     import tinyvit
     import tinyvit.functional as F
     from tinyvit.optim import AdamW, clip_grad_norm
 
-    try:  # as the trainer runs (older trees kept this in backend)
-        from tinyvit.kernels.cpu_runtime import keep_freed_memory
-    except ImportError:
-        from tinyvit.backend import keep_freed_memory
-    keep_freed_memory()
+    configure_tinyvit_process()  # as the trainer runs
     tinyvit.manual_seed(seed)
     model = tinyvit.ViT(**config)
     optimizer = AdamW(model, lr=1e-4, weight_decay=0.05)
@@ -272,7 +288,7 @@ class Contestant:
 def environments(args):
     """The environment of each contestant's process."""
     base = {k: v for k, v in os.environ.items() if k not in ("TINYVIT_KERNELS", "PYTHONPATH")}
-    base.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # what tinyvit sets, for every contestant
+    base.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # what configure_process sets, for all
     envs = {"tinyvit": base, "tinyvit-reference": {**base, "TINYVIT_KERNELS": "reference"}}
     if args.baseline:
         envs["baseline"] = {**base, "PYTHONPATH": str(Path(args.baseline).resolve())}

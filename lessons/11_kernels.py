@@ -218,12 +218,13 @@ print(
 # a 65-number row several times faster than ``sum(axis=-1)``); GELU keeps its
 # derivative from the forward pass, where every piece of it was at hand;
 # attention keeps each block's ``(heads, N, N)`` matrix in cache from its
-# scores to its use.
+# scores to its use. ``linear`` has no kernel: its work is matrix products,
+# which its reference already hands to BLAS whole, and BLAS blocks them for
+# the cache itself.
 
 # %%
 d = D // HEADS
 layers = {
-    "linear (qkv)": (F.linear, [(B, N, D), (3 * D, D), (3 * D,)]),
     "layer_norm": (F.layer_norm, [(B, N, D), (D,), (D,)]),
     "gelu": (F.gelu, [(B, N, MLP)]),
     "softmax": (F.softmax, [(B, HEADS, N, N)]),
@@ -273,11 +274,15 @@ print("wrote", save_figure(fig, args.out / "reference_vs_kernel.png"))
 # spin they can hold the cores our blocks need. On one machine of this
 # project (an Intel Sapphire Rapids) a GELU right after a product ran 1.5
 # times slower; on another (an AMD EPYC) the operating system handed the
-# cores back at once and nothing changed. tinyvit asks them to sleep at once
-# (``cpu_runtime.quiet_blas_threads``, run when tinyvit is imported), which
-# costs the products nothing. Here is your machine: a GELU right after a
-# matrix product, with OpenBLAS's threads told to spin as they do by
-# default, then told to sleep.
+# cores back at once and nothing changed. tinyvit asks them to sleep at once,
+# which costs the products nothing. It is a setting of the whole process, so
+# importing tinyvit leaves it alone: ``tinyvit.kernels.configure_process()``
+# applies it, with the allocator's (keep freed memory for the next step), and
+# every entry point calls it once at its start (the trainer, ``python -m
+# tinyvit``, this lesson's command line, the benchmarks); a training script of
+# your own should too. Here is your machine: a GELU right after a matrix
+# product, with OpenBLAS's threads told to spin as they do by default, then
+# told to sleep.
 
 # %%
 if cpu_runtime.blas_thread_timeout() is not None and cores > 1:

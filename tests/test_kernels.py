@@ -1,4 +1,4 @@
-"""Kernels equal their reference ops; the switch between them; the CPU runtime under them.
+"""Kernels equal their reference ops; the registry between them; the CPU runtime under them.
 
 Every kernel is compared with the reference op of ``functional.py`` it
 replaces, in values and in the gradient of every input, in float32 and
@@ -8,17 +8,19 @@ three threads; each kernel also passes the float64 gradient check on its own.
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tinyvit
 import tinyvit.functional as F
-from tinyvit import Tensor, gradcheck, kernels
+from tinyvit import Tensor, dispatch, gradcheck, kernels
 from tinyvit.backend import to_numpy
 from tinyvit.kernels import cpu, cpu_runtime
 from tinyvit.kernels.fast_math import (
@@ -34,7 +36,6 @@ CPU_KERNELS = kernels.available("cpu")
 # name -> (call with the op, input shapes, chunk elements, shape of the array cut into
 # blocks): chunk sizes chosen so that the blocks number several, the last one shorter.
 CASES = {
-    "linear": (lambda op, x, w, b: op(x, w, b), [(3, 5, 4), (6, 4), (6,)], 24, None),
     "softmax": (lambda op, x: op(x, -1), [(7, 5, 7)], 21, (35, 7)),
     "softmax, axis 1": (lambda op, x: op(x, 1), [(3, 4, 5)], 21, None),
     "layer_norm": (lambda op, x, w, b: op(x, w, b), [(7, 5, 6), (6,), (6,)], 24, (35, 6)),
@@ -91,12 +92,22 @@ def make_inputs(shapes, dtype, seed=0):
 def test_every_kernel_is_tested_and_replaces_a_reference_op():
     assert {op_name(c) for c in CASES} == set(CPU_KERNELS)
     for name in CPU_KERNELS:
-        assert hasattr(getattr(F, name), "reference"), name
+        assert getattr(F, name).reference is dispatch.reference(name), name
+
+
+def test_linear_has_no_kernel_its_products_are_blas_already():
+    assert "linear" not in CPU_KERNELS and kernels.lookup("linear") is None
+    x, w, b = make_inputs([(3, 5, 4), (6, 4), (6,)], np.float64)
+    with kernels.using("auto"):
+        got = run(F.linear, [x, w, b], np.ones((3, 5, 6)))
+    want = run(F.linear.reference, [x, w, b], np.ones((3, 5, 6)))
+    for a, b_ in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b_)
 
 
 def test_the_cases_cut_into_several_blocks_with_a_ragged_last_one(small_blocks):
     for case, (_, _, elements, shape) in CASES.items():
-        if shape is None:  # not blocked (linear), or on the reference path (softmax, axis 1)
+        if shape is None:  # on the reference path (softmax, axis 1)
             continue
         small_blocks(elements)
         blocks = cpu_runtime.row_blocks(np.empty(shape))
@@ -179,6 +190,45 @@ def test_using_restores_the_mode_after_an_error():
     assert kernels.mode() == before
     with pytest.raises(ValueError, match="auto.*reference.*'fast'"):
         kernels.use("fast")
+
+
+def package_imports(path):
+    """The tinyvit modules ``path`` imports at any level (``from .. import x``, ``from ..x``)."""
+    package = Path(tinyvit.__file__).parent
+    depth = len(path.relative_to(package).parts)  # 1: tinyvit/x.py, 2: tinyvit/kernels/x.py
+
+    def absolute(dotted):
+        return [d.removeprefix("tinyvit.") for d in dotted if d and d.startswith("tinyvit.")]
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == depth:  # from the package's top
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:  # from tinyvit.x import ...
+            names = absolute([node.module])
+        elif isinstance(node, ast.Import):  # import tinyvit.x
+            names = absolute(alias.name for alias in node.names)
+        else:
+            continue
+        found.update(name.split(".")[0] for name in names)
+    return found
+
+
+def test_no_cycle_the_registry_knows_neither_side():
+    """functional hands dispatch its references and kernels/ hands it kernels: dispatch
+    imports neither, and no kernel imports functional (its checks come from op_checks, a
+    case left to the reference from dispatch.reference)."""
+    package = Path(tinyvit.__file__).parent
+    assert not package_imports(package / "dispatch.py") & {"functional", "kernels"}
+    assert not package_imports(package / "op_checks.py") & {"functional", "kernels"}
+    for path in sorted((package / "kernels").glob("*.py")):
+        assert "functional" not in package_imports(path), path.name
+    assert "kernels" not in package_imports(package / "functional.py")
+
+
+def test_a_reference_unknown_to_the_registry_is_named():
+    with pytest.raises(KeyError, match="no reference op named 'conv2d'.*'gelu'"):
+        dispatch.reference("conv2d")
 
 
 def test_cuda_has_one_kernel_the_exact_gelu():
@@ -332,9 +382,9 @@ needs_openblas = pytest.mark.skipif(
     cpu_runtime._blas_thread_functions() is None, reason="no OpenBLAS thread count to set"
 )
 def test_openblas_has_one_thread_inside_and_its_count_back_after(monkeypatch):
-    """Two pool threads each running a threaded product fight over the cores (the
-    attention at 145 tokens took 100x longer): the attention's large products run with
-    one OpenBLAS thread, and the count comes back after, also after an error."""
+    """Pool threads each running a threaded product ask for more threads than there are
+    cores (benchmarks/README.md: how much slower): the attention's large products run
+    with one OpenBLAS thread, and the count comes back after, also after an error."""
     set_threads, get_threads = cpu_runtime._blas_thread_functions()
     before = int(get_threads())
     try:
@@ -366,21 +416,104 @@ def test_openblas_has_one_thread_inside_and_its_count_back_after(monkeypatch):
 
 @needs_openblas
 @pytest.mark.parametrize("numpy_first", [True, False], ids=["numpy first", "tinyvit first"])
-def test_openblas_threads_sleep_whatever_the_import_order(numpy_first):
-    """NumPy imported first has already loaded OpenBLAS with its 2^28-cycle spin; tinyvit
-    makes it read the setting again, so a script's import order does not matter."""
+def test_configure_process_quiets_openblas_whatever_the_import_order(numpy_first):
+    """NumPy imported first has already loaded OpenBLAS with its 2^28-cycle spin;
+    configure_process makes it read the setting again, so a script's import order does
+    not matter."""
     first = "import numpy; " if numpy_first else ""
     code = first + (
         "import tinyvit; from tinyvit.kernels import cpu_runtime; "
+        "print(tinyvit.kernels.configure_process()['openblas_threads_sleep']); "
         "print(cpu_runtime.blas_thread_timeout())"
     )
     out = python(code, OPENBLAS_THREAD_TIMEOUT=None)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["4"]
+    assert out.stdout.split() == ["True", "4"]
+
+
+@needs_openblas
+@pytest.mark.parametrize("numpy_first", [True, False], ids=["numpy first", "tinyvit first"])
+def test_importing_tinyvit_leaves_openblas_as_it_was(numpy_first):
+    """Importing a library changes no setting of the process that imports it: OpenBLAS
+    keeps its default timeout (0, read as 2^28 cycles) and the environment no variable."""
+    first = "import numpy; " if numpy_first else ""
+    code = first + (
+        "import os, tinyvit; "
+        "from tinyvit.kernels import cpu_runtime; "
+        "print(cpu_runtime.blas_thread_timeout(), os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    )
+    out = python(code, OPENBLAS_THREAD_TIMEOUT=None)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "None"]
 
 
 @needs_openblas
 def test_a_timeout_the_user_chose_is_kept():
-    code = "import numpy; import tinyvit.kernels as k; print(k.cpu_runtime.blas_thread_timeout())"
+    code = (
+        "import numpy; import tinyvit.kernels as k; k.configure_process(); "
+        "print(k.cpu_runtime.blas_thread_timeout())"
+    )
     out = python(code, OPENBLAS_THREAD_TIMEOUT="12")
+    assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["12"]
+
+
+# Whether glibc serves a 24 MB request from mmap (its default: blocks over 128 KB, a
+# threshold that can only rise up to 32 MB as mmapped blocks are freed) or from the heap
+# (keep_freed_memory: blocks up to 32 MB), read from mallinfo2's bytes in mmapped blocks.
+MALLOC_PROBE = """
+import ctypes, ctypes.util
+FIELDS = ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def mmapped(size=24 << 20):
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(size)
+    grew = libc.mallinfo2().hblkhd - before
+    libc.free(block)
+    return grew >= size
+"""
+
+
+def has_mallinfo2():
+    try:
+        import ctypes
+        import ctypes.util
+
+        return hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "mallinfo2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_mallinfo2(), reason="the C library is not glibc 2.33 or later")
+def test_importing_tinyvit_leaves_malloc_as_it_was_and_configure_process_keeps_memory():
+    code = MALLOC_PROBE + (
+        "import numpy, tinyvit\n"
+        "print(mmapped())\n"
+        "print(tinyvit.kernels.configure_process()['malloc_keeps_freed_memory'])\n"
+        "print(mmapped())\n"
+    )
+    out = python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]
+
+
+def test_the_entry_points_configure_the_process(monkeypatch, tmp_path):
+    """``python -m tinyvit`` and every lesson (through ``lesson_arguments``) apply the
+    process settings once, after their flags are read."""
+    import tinyvit.__main__ as entry
+    from tinyvit.lesson import lesson_arguments
+
+    calls = []
+    monkeypatch.setattr(kernels, "configure_process", lambda: calls.append(1) or {})
+    monkeypatch.setattr(entry, "check_every_layer", lambda **_: [])
+    assert entry.main([]) == 0
+    assert calls == [1]
+    lesson_arguments("00_test", "a test", argv=["--out", str(tmp_path / "out")])
+    assert calls == [1, 1]
+    lessons = sorted((Path(tinyvit.__file__).parents[1] / "lessons").glob("[0-9][0-9]_*.py"))
+    assert lessons and all("lesson_arguments(" in p.read_text() for p in lessons)

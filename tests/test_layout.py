@@ -12,9 +12,6 @@ import tinyvit
 
 PACKAGE = Path(tinyvit.__file__).parent
 ORDER = [line.split()[0] for line in tinyvit.__doc__.splitlines() if line.startswith("    ")]
-# functional.py is the reference of each op and hands it to the kernel chosen for the
-# device (tinyvit/kernels), which is listed after it as "the same ops made fast".
-ALLOWED = {("functional", "kernels")}
 
 
 def imports_at_module_level(name):
@@ -42,7 +39,7 @@ def test_every_module_is_listed():
 @pytest.mark.parametrize("name", ORDER)
 def test_nothing_low_imports_anything_high(name):
     higher = set(ORDER[ORDER.index(name) + 1 :])
-    wrong = {m for m in imports_at_module_level(name) & higher if (name, m) not in ALLOWED}
+    wrong = imports_at_module_level(name) & higher
     assert not wrong, f"{name} imports {sorted(wrong)}, listed after it"
 
 

@@ -6,8 +6,10 @@ The package follows the paper's data flow, low to high:
     checks      argument checks that name the argument, the range and the value
     files       files written atomically; folders checked before a run
     tensor      Tensor, the graph and backward()
+    op_checks   the ops' arguments checked, for the reference and the kernels alike
+    dispatch    which code runs an op: its reference, or the kernel of its device
     functional  the ViT's layers as ops with hand-written backwards: the reference
-    kernels     the same ops made fast for a device, chosen automatically
+    kernels     the same ops made fast for a device, registered in dispatch
     composed    softmax, LayerNorm and GELU built from primitives, for teaching
     gradcheck   numerical gradient checking
     nn          Module, Parameter, Linear, LayerNorm, attention, the encoder block

@@ -22,6 +22,7 @@ def main(argv=None) -> int:
         backend.check_device_name(args.device)
     except backend.DeviceError as error:
         fail(str(error))
+    kernels.configure_process()  # OpenBLAS's idle threads and the allocator (kernels/__init__)
     print(kernels.describe(args.device), end="\n\n")
     reports = check_every_layer(seed=args.seed, device=args.device)
     for report in reports:

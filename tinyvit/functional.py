@@ -22,21 +22,33 @@ Where each piece sits in the paper (Dosovitskiy et al., ICLR 2021):
   makes a training step cheaper).
 
 Faster versions of some of these ops (cache-sized blocks on every core,
-in-place arithmetic, a float32 GELU polynomial) live in ``tinyvit/kernels/``
-and are used automatically; ``TINYVIT_KERNELS=reference`` makes every op run
-the code below. The tests check the two equal, values and gradients, and
-check every backward here against central differences in float64 and,
-where it is installed, against PyTorch. ``composed.py`` builds softmax,
-LayerNorm and GELU once more from primitive tensor ops.
+in-place arithmetic, a float32 GELU polynomial) live in ``tinyvit/kernels/``.
+Each op below is marked ``@replaceable`` (``dispatch.py``): called, it runs
+the kernel registered for its input's device if there is one, else the code
+below, which stays reachable as ``op.reference``;
+``TINYVIT_KERNELS=reference`` makes every op run the code below. The
+argument checks are shared with the kernels (``op_checks.py``). The tests
+check the two equal, values and gradients, and check every backward here
+against central differences in float64 and, where it is installed, against
+PyTorch. ``composed.py`` builds softmax, LayerNorm and GELU once more from
+primitive tensor ops.
 """
 
 from __future__ import annotations
 
 import math
 
-from . import backend, checks, kernels
+from . import backend, checks
 from .backend import xp_of
-from .special import normal_cdf
+from .dispatch import replaceable
+from .op_checks import (
+    check_attention,
+    check_cross_entropy,
+    check_layer_norm,
+    check_linear,
+    check_self_attention,
+)
+from .special import SQRT_2_OVER_PI, TANH_CUBIC, normal_cdf
 from .tensor import Tensor, as_tensor
 
 # ---------------------------------------------------------------------------
@@ -44,7 +56,7 @@ from .tensor import Tensor, as_tensor
 # ---------------------------------------------------------------------------
 
 
-@kernels.replaceable
+@replaceable
 def linear(x, weight, bias=None) -> Tensor:
     """``y = x W^T + b``, with ``weight`` shaped ``(out, in)`` as in PyTorch.
 
@@ -53,11 +65,11 @@ def linear(x, weight, bias=None) -> Tensor:
     gradient of ``y``: ``dL/dx = g W``, ``dL/dW = g^T x``, ``dL/db = sum of g
     over the rows``.
     """
-    x, weight, bias = _check_linear(x, weight, bias)
+    x, weight, bias = check_linear(x, weight, bias)
     x2 = x.data.reshape(-1, x.shape[-1])  # (M, in), M = all leading axes
     y = x2 @ weight.data.T  # (M, out)
     if bias is not None:
-        y = y + bias.data
+        y += bias.data  # in place: y is the product's own fresh array
 
     def backward(g):
         g2 = g.reshape(-1, weight.shape[0])  # (M, out)
@@ -82,7 +94,7 @@ def softmax_array(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-@kernels.replaceable
+@replaceable
 def softmax(x, axis=-1) -> Tensor:
     """``y = exp(x) / sum(exp(x))`` along ``axis``.
 
@@ -103,7 +115,7 @@ def log_softmax_array(x, axis=-1):
     return shifted - xp_of(x).log(xp_of(x).exp(shifted).sum(axis=axis, keepdims=True))
 
 
-@kernels.replaceable
+@replaceable
 def log_softmax(x, axis=-1) -> Tensor:
     """``y = x - log(sum(exp(x)))`` along ``axis``.
 
@@ -123,7 +135,7 @@ def log_softmax(x, axis=-1) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-@kernels.replaceable
+@replaceable
 def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean") -> Tensor:
     """Cross-entropy between ``softmax(logits)`` and the targets.
 
@@ -136,7 +148,7 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean") -> Tens
     gradient with respect to the logits is ``softmax(logits_b) sum_c p_bc - p_b``
     (``softmax - p`` when the targets sum to one).
     """
-    logits, probs = _check_cross_entropy(logits, target, label_smoothing, reduction)
+    logits, probs = check_cross_entropy(logits, target, label_smoothing, reduction)
     xp = xp_of(logits.data)
     batch, classes = logits.shape
     if label_smoothing:
@@ -164,7 +176,7 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean") -> Tens
 # ---------------------------------------------------------------------------
 
 
-@kernels.replaceable
+@replaceable
 def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     """Normalise the last axis to zero mean and unit variance, then scale and shift.
 
@@ -184,7 +196,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     through the mean and ``xhat * mean(h * xhat)`` the path through the
     variance.
     """
-    x, weight, bias = _check_layer_norm(x, weight, bias)
+    x, weight, bias = check_layer_norm(x, weight, bias)
     xp = xp_of(x.data)
     mean = x.data.mean(axis=-1, keepdims=True)  # (..., 1)
     centred = x.data - mean  # (..., D)
@@ -214,11 +226,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
 # GELU
 # ---------------------------------------------------------------------------
 
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-TANH_CUBIC = 0.044715
-
-
-@kernels.replaceable
+@replaceable
 def gelu(x, approximate="none") -> Tensor:
     """Gaussian Error Linear Unit, ``y = x Phi(x)``, ``Phi`` the Gaussian CDF (Eq. 3's MLP).
 
@@ -284,7 +292,7 @@ def attention_backward_arrays(g, q, k, v, A, scale):
     return dq, dk, dv
 
 
-@kernels.replaceable
+@replaceable
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
     """Softmax attention, Eq. 6-7 of Appendix A: ``softmax(q k^T / sqrt(D_h)) v``.
 
@@ -295,7 +303,7 @@ def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
     attention probabilities (a plain array, for looking at). The backward is
     ``attention_backward_arrays``.
     """
-    q, k, v = _check_attention(q, k, v)
+    q, k, v = check_attention(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     out, A = attention_arrays(q.data, k.data, v.data, scale)
 
@@ -306,7 +314,7 @@ def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
     return (result, A) if need_weights else result
 
 
-@kernels.replaceable
+@replaceable
 def self_attention(qkv, heads, need_weights=False):
     """Multi-head self-attention on the packed projections of Eq. 5, for every head at once.
 
@@ -317,7 +325,7 @@ def self_attention(qkv, heads, need_weights=False):
     ``[SA_1(z); ...; SA_k(z)]`` that Eq. 8 projects with ``U_msa``. With
     ``need_weights=True`` returns ``(out, attn)``, ``attn`` ``(B, heads, N, N)``.
     """
-    qkv = _check_self_attention(qkv, heads)
+    qkv = check_self_attention(qkv, heads)
     xp = xp_of(qkv.data)
     B, N, three_d = qkv.shape
     head_dim = three_d // (3 * heads)
@@ -342,7 +350,7 @@ def self_attention(qkv, heads, need_weights=False):
 # ---------------------------------------------------------------------------
 
 
-@kernels.replaceable
+@replaceable
 def dropout(x, p=0.5, training=True, generator=None) -> Tensor:
     """Zero each entry with probability ``p`` and scale the rest by ``1 / (1 - p)``.
 
@@ -366,7 +374,7 @@ def dropout(x, p=0.5, training=True, generator=None) -> Tensor:
     return Tensor.from_op(x.data * keep, (x,), lambda g: (g * keep,), "dropout")
 
 
-@kernels.replaceable
+@replaceable
 def patch_dropout(x, p=0.5, training=True, generator=None, num_prefix_tokens=1) -> Tensor:
     """Keep a random ``1 - p`` of each sequence's patch tokens (PatchDropout, Liu et al. 2022).
 
@@ -405,125 +413,6 @@ def patch_dropout(x, p=0.5, training=True, generator=None, num_prefix_tokens=1) 
         return (gx,)
 
     return Tensor.from_op(x.data[rows, index], (x,), backward, "patch_dropout")
-
-
-# ---------------------------------------------------------------------------
-# argument checks (shared with the kernels): tensors in, or a clear error
-# ---------------------------------------------------------------------------
-
-
-def _check_dtypes(op, named):
-    """Every given tensor floating-point and of one dtype: tinyvit never promotes silently."""
-    given = {name: t.dtype for name, t in named.items() if t is not None}
-    first = next(iter(given.values()))
-    if any(d != first for d in given.values()) or first.kind != "f":
-        listed = ", ".join(f"{name} {d}" for name, d in given.items())
-        raise TypeError(
-            f"{op}: expected floating-point operands of one dtype, got {listed}; convert "
-            "with .astype() (a silent upcast to float64 would double the cost)"
-        )
-
-
-def _tensors(op, names, values):
-    tensors = [None if v is None else as_tensor(v) for v in values]
-    xp_of(*(None if t is None else t.data for t in tensors), names=names)  # one device
-    _check_dtypes(op, dict(zip(names, tensors)))
-    return tensors
-
-
-def _check_linear(x, weight, bias):
-    x, weight, bias = _tensors("linear", ("x", "weight", "bias"), (x, weight, bias))
-    out_features, in_features = weight.shape
-    if x.shape[-1] != in_features:
-        raise ValueError(
-            f"linear: x has shape {x.shape}, whose last axis ({x.shape[-1]}) must equal "
-            f"weight's in_features; weight has shape {weight.shape} (out, in)"
-        )
-    if bias is not None and bias.shape != (out_features,):
-        raise ValueError(f"linear: bias has shape {bias.shape}, expected ({out_features},)")
-    return x, weight, bias
-
-
-def _check_layer_norm(x, weight, bias):
-    x, weight, bias = _tensors("layer_norm", ("x", "weight", "bias"), (x, weight, bias))
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != (x.shape[-1],):
-            raise ValueError(
-                f"layer_norm: {name} has shape {p.shape}, expected ({x.shape[-1]},) "
-                f"for x of shape {x.shape}"
-            )
-    return x, weight, bias
-
-
-def _check_attention(q, k, v):
-    q, k, v = _tensors("scaled_dot_product_attention", ("q", "k", "v"), (q, k, v))
-    if (
-        min(q.ndim, k.ndim, v.ndim) < 2
-        or q.shape[-1] != k.shape[-1]
-        or k.shape[:-1] != v.shape[:-1]
-        or q.shape[:-2] != k.shape[:-2]
-    ):
-        raise ValueError(
-            "scaled_dot_product_attention: expected q (..., N, d), k (..., M, d), v (..., M, dv) "
-            f"with the same leading axes; got q {q.shape}, k {k.shape}, v {v.shape}"
-        )
-    return q, k, v
-
-
-def _check_self_attention(qkv, heads):
-    (qkv,) = _tensors("self_attention", ("qkv",), (qkv,))
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"self_attention: heads must be a positive integer, got {heads!r}")
-    if qkv.ndim != 3 or qkv.shape[-1] % (3 * heads):
-        raise ValueError(
-            f"self_attention: qkv must be (B, N, 3 * heads * head_dim) for {heads} heads, "
-            f"got shape {qkv.shape}"
-        )
-    return qkv
-
-
-def _check_cross_entropy(logits, target, label_smoothing, reduction):
-    """The logits as a tensor and the targets as ``(B, C)`` probabilities in their dtype."""
-    logits = as_tensor(logits)
-    target = target.data if isinstance(target, Tensor) else target
-    xp = xp_of(logits.data, target, names=("logits", "target"))
-    target = xp.asarray(target)
-    if logits.ndim != 2:
-        raise ValueError(
-            f"cross_entropy: logits must be (batch, classes), got shape {logits.shape}"
-        )
-    _check_dtypes("cross_entropy", {"logits": logits})
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(
-            f"cross_entropy: reduction must be 'mean', 'sum' or 'none', not {reduction!r}"
-        )
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    batch, classes = logits.shape
-    if target.dtype.kind in "iu":
-        if target.shape != (batch,):
-            raise ValueError(
-                f"cross_entropy: integer class targets must have shape ({batch},) for logits "
-                f"of shape {logits.shape}, got {target.shape}"
-            )
-        # Checked where it is free, on the host. On the GPU reading the labels' range
-        # back would make every step wait; the loops check their labels on the host
-        # before they go to the device (data.load_cifar10, loop.evaluate, finetune).
-        if batch and xp is not backend.cupy and (target.min() < 0 or target.max() >= classes):
-            raise ValueError(
-                f"cross_entropy: class targets must lie in [0, {classes}), "
-                f"got values from {int(target.min())} to {int(target.max())}"
-            )
-        probs = xp.zeros((batch, classes), dtype=logits.dtype)
-        probs[xp.arange(batch), target] = 1.0
-        return logits, probs
-    if target.shape != logits.shape:
-        raise ValueError(
-            f"cross_entropy: targets must be integer class labels of shape ({batch},) or "
-            f"class probabilities of the logits' shape {logits.shape}; got {target.dtype} "
-            f"of shape {target.shape}"
-        )
-    return logits, target.astype(logits.dtype)
 
 
 __all__ = [

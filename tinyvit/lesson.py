@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import backend, files
+from . import backend, files, kernels
 from .cli import ArgumentParser, fail
 
 # Lesson 6 writes its trained model here (the trainer's ``model.npz``); lessons
@@ -24,7 +24,7 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "lessons" / "models" / "vi
 
 
 def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argparse.Namespace:
-    """Parse a lesson's flags; create its output folder and report it.
+    """Parse a lesson's flags, apply ``kernels.configure_process()``; report the output folder.
 
     ``--out DIR`` (default ``runs/lessons/<name>``) receives the figures;
     ``--quick`` makes the lesson run in seconds (the tests use it);
@@ -53,6 +53,7 @@ def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argp
         files.check_writable(args.out)
     except (backend.DeviceError, files.WriteError) as error:
         fail(str(error))
+    kernels.configure_process()  # OpenBLAS's idle threads and the allocator (kernels/__init__)
     print(f"{name}: figures go to {args.out}/")
     return args
 

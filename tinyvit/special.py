@@ -95,6 +95,12 @@ def normal_cdf(x):
     return xp.where(x < 0, tail, 1.0 - tail)
 
 
+# The tanh form of Phi in the original ViT code (GELU's approximate="tanh"), shared by the
+# reference GELU and its CPU kernel: Phi(x) ~ (1 + tanh(SQRT_2_OVER_PI (x + TANH_CUBIC x^3))) / 2.
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+TANH_CUBIC = 0.044715
+
+
 def fit_erf_coefficients(p: float = ERF_P, degree: int = len(ERF_COEFFICIENTS)) -> np.ndarray:
     """Refit ``c1..c_degree`` of ``Q(s)`` by least squares against ``math.erfc``.
 

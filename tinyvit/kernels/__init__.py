@@ -1,4 +1,4 @@
-"""Kernels: the ops of ``functional.py`` made fast for a device, and the switch between them.
+"""Kernels: the ops of ``functional.py`` made fast for a device, registered for it.
 
 ``tinyvit/functional.py`` is the reference: every op written as whole-array
 maths, in the order its derivation reads. A kernel is a second
@@ -11,12 +11,12 @@ written for speed on one device:
                             blocks of rows, a thread per core, in place
     kernels/fast_math.py    the float32 Gaussian CDF as a tanh polynomial (GELU)
     kernels/cpu_runtime.py  the blocks and threads, OpenBLAS's idle threads, the allocator
-    kernels/cuda.py         the exact GELU with CUDA's Gaussian CDF: 2 launches, not 38
+    kernels/cuda.py         the exact GELU with CUDA's Gaussian CDF, in one launch for Phi
 
-When an op of ``functional`` is called, it runs the kernel registered for
-the device of its first input if there is one, else its reference body. To
-run everything on the reference path (to read along in a debugger, to
-compare, to rule a kernel out):
+Importing this package registers each device's kernels in ``dispatch.py``,
+the registry that ``functional``'s ops consult when they are called: an op
+runs the kernel registered for the device of its first input if there is
+one, else its reference body. The switch is the registry's, and is here too:
 
     TINYVIT_KERNELS=reference python -m tinyvit.train      # from the environment
     tinyvit.kernels.use("reference")                       # from Python; use("auto") undoes it
@@ -25,107 +25,74 @@ compare, to rule a kernel out):
 Each op also keeps its reference body as ``op.reference``
 (``functional.gelu.reference(x)``). On the GPU the other reference ops run
 as they are, whole-array CuPy calls.
+
+Two settings belong to the whole process rather than to a kernel: OpenBLAS's
+idle threads told to sleep at once, and glibc told to keep freed memory
+(``cpu_runtime.py`` says why). Importing tinyvit changes neither;
+``configure_process()`` applies both, once, at the start of a program that
+trains or measures.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-
-from .. import backend
-from . import cpu_runtime
-
-MODES = ("auto", "reference")
-ENVIRONMENT = "TINYVIT_KERNELS"
-
-
-def _mode_from_environment() -> str:
-    value = os.environ.get(ENVIRONMENT, "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise ValueError(f"{ENVIRONMENT}={value!r}: expected one of {MODES}")
-    return value
+from .. import dispatch
+from ..dispatch import (
+    ENVIRONMENT,
+    MODES,
+    available,
+    describe,
+    lookup,
+    mode,
+    replaceable,
+    use,
+    using,
+)
+from . import cpu, cpu_runtime, cuda
 
 
-_mode = _mode_from_environment()
-_tables: dict[str, dict] = {}
-
-cpu_runtime.quiet_blas_threads()  # once, when tinyvit is imported
-
-
-def mode() -> str:
-    """``"auto"`` (kernels where they exist) or ``"reference"`` (every op on its reference)."""
-    return _mode
-
-
-def use(new_mode: str) -> str:
-    """Switch every op to ``"reference"`` or back to ``"auto"``; returns the previous mode."""
-    global _mode
-    if new_mode not in MODES:
-        raise ValueError(f"kernels.use: expected one of {MODES}, got {new_mode!r}")
-    previous, _mode = _mode, new_mode
-    return previous
-
-
-@contextlib.contextmanager
-def using(new_mode: str):
-    """``with using("reference"):`` runs the block in that mode, then restores the previous one."""
-    previous = use(new_mode)
-    try:
-        yield
-    finally:
-        use(previous)
-
-
-def available(device: str = "cpu") -> dict:
-    """``{op name: kernel}`` registered for ``device``, whatever the mode."""
-    if device not in _tables:
-        if device == "cpu":
-            from .cpu import KERNELS
-        else:
-            from .cuda import KERNELS
-        _tables[device] = KERNELS
-    return _tables[device]
-
-
-def lookup(name: str, device: str = "cpu"):
-    """The kernel that runs op ``name`` on ``device`` now, or None (the reference runs)."""
-    if _mode == "reference":
-        return None
-    return available(device).get(name)
-
-
-def describe(device: str = "cpu") -> str:
-    """One line for logs: which ops run on kernels on ``device``, and how."""
-    names = sorted(available(device))
-    if _mode == "reference":
-        return f"kernels: reference ({ENVIRONMENT}=reference: every op on functional.py's code)"
-    if not names:
-        return f"kernels: reference (no kernels for {device} yet)"
+def _cpu_threads() -> str:
     threads = cpu_runtime.num_threads()
-    how = f", {threads} thread{'s' if threads > 1 else ''}" if device == "cpu" else ""
-    return f"kernels: {device} ({', '.join(names)}{how})"
+    return f"{threads} thread{'s' if threads > 1 else ''}"
 
 
-def replaceable(reference):
-    """Make a reference op of ``functional`` run the kernel of its input's device, if any.
+dispatch.register("cpu", cpu.KERNELS, note=_cpu_threads)
+dispatch.register("cuda", cuda.KERNELS)
 
-    The decorated function is the reference body; it stays reachable as
-    ``op.reference``. A kernel is called with exactly the op's arguments.
+
+def configure_process() -> dict:
+    """Apply tinyvit's process-wide CPU settings; call once, at a program's start.
+
+    * OpenBLAS's idle threads sleep at once instead of spinning for about
+      2^28 cycles, so that they leave the cores to the kernels' blocks
+      (``cpu_runtime.quiet_blas_threads``; a timeout already set in
+      ``$OPENBLAS_THREAD_TIMEOUT`` is kept). Effective whether NumPy was
+      imported before tinyvit or not.
+    * glibc keeps freed blocks of up to 32 MB and never trims its heap, so
+      that each training step reuses the memory of the last without page
+      faults (``cpu_runtime.keep_freed_memory``), at the price of the process
+      keeping its peak memory.
+
+    Importing tinyvit does neither: a library that changes its host
+    process's threads and allocator on import would surprise the program
+    that imported it. Calling it again does nothing new. Returns
+    ``{setting: applied}``, False where the process has no OpenBLAS or no
+    glibc.
     """
-    name = reference.__name__
-
-    @functools.wraps(reference)
-    def op(first, *args, **kwargs):
-        if _mode != "reference":
-            array = getattr(first, "data", first)
-            kernel = available(backend.device_of(array)).get(name)
-            if kernel is not None:
-                return kernel(first, *args, **kwargs)
-        return reference(first, *args, **kwargs)
-
-    op.reference = reference
-    return op
+    return {
+        "openblas_threads_sleep": cpu_runtime.quiet_blas_threads(),
+        "malloc_keeps_freed_memory": cpu_runtime.keep_freed_memory(),
+    }
 
 
-__all__ = ["MODES", "available", "describe", "lookup", "mode", "replaceable", "use", "using"]
+__all__ = [
+    "ENVIRONMENT",
+    "MODES",
+    "available",
+    "configure_process",
+    "describe",
+    "lookup",
+    "mode",
+    "replaceable",
+    "use",
+    "using",
+]

@@ -1,13 +1,13 @@
-"""CPU kernels: the reference ops of ``functional.py``, rewritten for the way a CPU runs them.
+"""CPU kernels: reference ops of ``functional.py``, rewritten for the way a CPU runs them.
 
 Each kernel computes what its reference computes, in the same order of
 ideas, and returns the same values and gradients (to rounding; the float32
 GELU to its stated error). Three changes make them faster
-(``cpu_runtime.py`` explains each at length):
+(``cpu_runtime.py`` explains each):
 
-* **cache-sized blocks**: the rows are cut into blocks of about 512 KB per
-  array, and every step of a layer runs on one block before the next block
-  starts, so that each step after the first finds its data in the core's cache
+* **cache-sized blocks**: the rows are cut into blocks small enough for the
+  core's cache, and every step of a layer runs on one block before the next
+  block starts, so that each step after the first finds its data in cache
   instead of streaming the whole activation through memory again;
 * **a thread per core**: the blocks are independent, and NumPy releases the
   GIL inside its loops, so the blocks run side by side;
@@ -15,13 +15,20 @@ GELU to its stated error). Three changes make them faster
   step allocates nothing and touches no fresh memory.
 
 And some arithmetic is cheaper: row sums of short rows as a matrix-vector
-product with ones (BLAS sums a 65-entry row five times faster than
-``sum(axis=-1)``), the float32 Gaussian CDF as a tanh polynomial
+product with ones (BLAS runs it as one vectorised loop, where a NumPy
+reduction along a short last axis pays its set-up cost row by row), the
+float32 Gaussian CDF as a tanh polynomial with half the passes of the erf
 (``fast_math.py``), GELU's derivative computed in the forward pass (where
 every piece of it is at hand) and kept instead of ``x``.
 
-``KERNELS`` maps each op's name in ``functional`` to its kernel; the switch
-is in ``kernels/__init__.py``.
+``linear`` has no kernel: its work is matrix products (one forward, two
+backward), which the reference already hands to BLAS whole.
+
+``KERNELS`` maps each op's name in ``functional`` to its kernel;
+``kernels/__init__.py`` registers them for the ``"cpu"`` device
+(``dispatch.register``). A kernel imports nothing from ``functional``: the
+argument checks come from ``op_checks``, a case it leaves to the reference
+(softmax along another axis than the last) from ``dispatch.reference``.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from .. import functional as F
+from .. import dispatch
 from ..backend import xp_of
-from ..special import normal_cdf
+from ..op_checks import check_attention, check_layer_norm, check_self_attention
+from ..special import SQRT_2_OVER_PI, TANH_CUBIC, normal_cdf
 from ..tensor import Tensor, as_tensor, is_grad_enabled
 from .cpu_runtime import (
     BLAS_THREADED_PRODUCT,
@@ -43,34 +51,6 @@ from .cpu_runtime import (
     row_blocks,
 )
 from .fast_math import normal_cdf_tanh
-
-# ---------------------------------------------------------------------------
-# linear: the bias added in place, its gradient as one matrix-vector product
-# ---------------------------------------------------------------------------
-
-
-def linear(x, weight, bias=None) -> Tensor:
-    x, weight, bias = F._check_linear(x, weight, bias)
-    xp = xp_of(x.data)
-    out_features = weight.shape[0]
-    x2 = x.data.reshape(-1, x.shape[-1])  # (M, in)
-    y = x2 @ weight.data.T  # (M, out)
-    if bias is not None:
-        y += bias.data
-
-    def backward(g):
-        g2 = g.reshape(-1, out_features)  # (M, out)
-        gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None
-        gw = g2.T @ x2 if weight.requires_grad else None
-        gb = None
-        if bias is not None and bias.requires_grad:  # column sums, by BLAS: ones @ g
-            gb = xp.ones(g2.shape[0], dtype=g2.dtype) @ g2
-        return gx, gw, gb
-
-    return Tensor.from_op(
-        y.reshape(*x.shape[:-1], out_features), (x, weight, bias), backward, "linear"
-    )
-
 
 # ---------------------------------------------------------------------------
 # softmax along the last axis, by blocks of rows
@@ -107,7 +87,7 @@ def _softmax_backward_rows(y, g, out):
 def softmax(x, axis=-1) -> Tensor:
     x = as_tensor(x)
     if axis not in (-1, x.ndim - 1):
-        return F.softmax.reference(x, axis)
+        return dispatch.reference("softmax")(x, axis)  # not rows: the reference
     xp = xp_of(x.data)
     y = xp.empty(x.shape, dtype=x.dtype)
     for_each_chunk(_softmax_rows, _rows(x.data), _rows(y))
@@ -168,7 +148,7 @@ def _layer_norm_backward_rows(g, g_xhat, xhat, r, weight, gx):
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
-    x, weight, bias = F._check_layer_norm(x, weight, bias)
+    x, weight, bias = check_layer_norm(x, weight, bias)
     xp = xp_of(x.data)
     dim = x.shape[-1]
     w = None if weight is None else weight.data
@@ -241,15 +221,15 @@ def _gelu_tanh(x, y, d=None):
     """One block of the tanh form: ``y = x (1 + t) / 2``, ``t = tanh(sqrt(2/pi) (x + c x^3))``."""
     xp = xp_of(x)
     x2 = x * x
-    t = x2 * F.TANH_CUBIC
+    t = x2 * TANH_CUBIC
     t += 1.0
     t *= x
-    t *= F.SQRT_2_OVER_PI
+    t *= SQRT_2_OVER_PI
     xp.tanh(t, out=t)
     if d is not None:
         # d = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 c x^2)
-        x2 *= 3.0 * F.TANH_CUBIC * F.SQRT_2_OVER_PI
-        x2 += F.SQRT_2_OVER_PI  # du/dx
+        x2 *= 3.0 * TANH_CUBIC * SQRT_2_OVER_PI
+        x2 += SQRT_2_OVER_PI  # du/dx
         slope = t * t
         xp.subtract(1.0, slope, out=slope)  # 1 - t^2
         slope *= x2
@@ -336,7 +316,7 @@ def _attention_backward_blocks(g, q, k, v, attn, scale, gq, gk, gv):
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
-    q, k, v = F._check_attention(q, k, v)
+    q, k, v = check_attention(q, k, v)
     xp = xp_of(q.data)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     lead, n, m = q.shape[:-2], q.shape[-2], k.shape[-2]
@@ -362,7 +342,7 @@ def self_attention(qkv, heads, need_weights=False):
     """The packed form without copies: ``q, k, v`` are strided views of ``qkv``, the
     heads' outputs are written straight into ``(B, N, heads, D_h)`` order, and the
     backward writes the three gradients straight into one ``(B, N, 3D)`` array."""
-    qkv = F._check_self_attention(qkv, heads)
+    qkv = check_self_attention(qkv, heads)
     xp = xp_of(qkv.data)
     B, N, three_d = qkv.shape
     head_dim = three_d // (3 * heads)
@@ -389,7 +369,6 @@ def self_attention(qkv, heads, need_weights=False):
 
 
 KERNELS = {
-    "linear": linear,
     "softmax": softmax,
     "layer_norm": layer_norm,
     "gelu": gelu,

@@ -1,14 +1,15 @@
 """Running fast on a CPU: cache-sized blocks, a thread per core, quiet BLAS threads, kept memory.
 
 Nothing here changes a result; it changes how long the CPU kernels
-(``kernels/cpu.py``) take to get it. Four facts about a CPU drive it.
+(``kernels/cpu.py``) take to get it. Five facts about a CPU drive it.
 
 **Passes over memory.** NumPy runs an expression one operation at a time, and
 each operation streams its whole input and output through memory: a GELU of
-twenty-four operations on a 25 MB activation reads and writes 1.2 GB. Cut the
-rows into blocks of about 512 KB per array, small enough to stay in the
-core's cache while all the operations run on them, and each operation after
-the first finds its data in cache (``row_blocks``, ``CHUNK_ELEMENTS``).
+twenty-four operations on an activation larger than the caches reads and
+writes it about twenty-four times over. Cut the rows into blocks of the
+order of a core's cache (``CHUNK_ELEMENTS``: 512 KB per array), run all the
+operations on one block before the next, and each operation after the first
+finds its data in cache (``row_blocks``).
 
 **Cores.** NumPy's loops run on one core, but they release the GIL, so blocks
 handed to a pool of one thread per core run side by side (``parallel``,
@@ -16,30 +17,32 @@ handed to a pool of one thread per core run side by side (``parallel``,
 
 **Products inside blocks.** The attention runs its matrix products block by
 block on the pool. OpenBLAS threads a product above a size (``m n k`` over
-2^18 by default: 145 tokens of 32 channels, at 48 x 48 pixels, is above it;
-65 is not), and two pool threads, each asking OpenBLAS for two more, fight
-over two cores: the attention of a fine-tuning step at 48 x 48 took 100x
-longer. For products that large the attention asks OpenBLAS for one thread
-while the pool works (``one_blas_thread``), and gives the count back after;
-smaller ones skip the switch, which costs more than they take.
+2^18 by default: the attention of 145 tokens of 32 channels is above it, of
+65 tokens is not), and pool threads that each ask OpenBLAS for more threads
+ask for more threads than there are cores: they take turns, and wait for
+each other. For products that large the attention asks OpenBLAS for one
+thread while the pool works (``one_blas_thread``), and gives the count back
+after; smaller ones skip the switch, which costs more than they take.
 
 **OpenBLAS's idle threads.** After each matrix product, OpenBLAS's worker
-threads keep spinning for about 2^28 cycles (a tenth of a second), waiting for
-the next product, and on a machine with few cores they take the cores our
-blocks need: a GELU right after a matrix product ran 1.5x slower. Told to wait
-2^4 cycles (``OPENBLAS_THREAD_TIMEOUT=4``), they sleep at once, and the
-products are no slower. OpenBLAS reads that setting when it is loaded, which
-is usually before tinyvit is imported (``import numpy`` comes first in most
-scripts), so ``quiet_blas_threads`` sets it, asks the loaded library to read
-its settings again and restarts its threads with it.
+threads keep spinning for about 2^28 cycles, waiting for the next product,
+and on a machine with few cores they can hold the cores our blocks need.
+Told to wait 2^4 cycles (``OPENBLAS_THREAD_TIMEOUT=4``), they sleep at once,
+and the products are no slower (``quiet_blas_threads``).
 
 **The allocator.** glibc hands every freed block above 128 KB straight back to
-the operating system, and the next activation of the same size costs
-thousands of page faults to get it back. Training allocates and frees the same
+the operating system, and the next activation of the same size is paid for
+again in page faults, one per 4 KB page. Training allocates and frees the same
 few sizes every step, so ``keep_freed_memory`` asks glibc to keep them, and
-never to trim the heap: a step of ViT-Lite-7/4 frees more than a gigabyte at
-once, and with glibc trimming above 1 GB the next forward pass re-faulted
-200 MB of pages (54,000 page faults a step, 25% of its time).
+never to trim the heap: a step frees most of its activations at once, and a
+trimmed heap would be faulted back in by the next forward pass.
+
+The last two are settings of the whole process, not of one kernel: importing
+tinyvit changes neither. A program that trains calls
+``tinyvit.kernels.configure_process()`` once, at its start; tinyvit's own
+entry points do (the trainer, ``python -m tinyvit``, the lessons, the
+benchmarks). ``benchmarks/README.md`` records what each of these measured on
+this project's machines.
 
 On the GPU none of this applies: an array is one block and CuPy is parallel.
 """
@@ -55,8 +58,7 @@ from contextlib import contextmanager
 
 from .. import backend
 
-CHUNK_ELEMENTS = 1 << 17  # per array per block: 512 KB of float32 (a whole step:
-# 4% faster than 256 KB or 1 MB on a 2 MB L2 cache)
+CHUNK_ELEMENTS = 1 << 17  # per array per block: 512 KB of float32
 BLAS_THREADED_PRODUCT = 1 << 18  # m n k above which OpenBLAS threads a product (its default)
 BLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles of spinning, then sleep
 
@@ -156,7 +158,7 @@ _GET_THREADS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
                 "openblas_get_num_threads64_")  # fmt: skip
 
 
-@functools.cache  # looked up once: finding the library reads /proc/self/maps (1 ms)
+@functools.cache  # looked up once: finding the library reads /proc/self/maps
 def _blas_thread_functions():
     """OpenBLAS's (set, get) thread-count functions, or None."""
     library = _loaded_openblas()
@@ -214,8 +216,11 @@ def set_blas_thread_timeout(exponent) -> bool:
 def quiet_blas_threads() -> bool:
     """Make OpenBLAS's idle threads sleep at once instead of spinning (see the module's text).
 
-    Works whether NumPy was imported before tinyvit or after. A timeout the
-    user set in the environment is kept.
+    OpenBLAS reads its timeout when it is loaded, which is usually before this
+    runs (``import numpy`` comes first in most scripts), so this sets it, asks
+    the loaded library to read its settings again and restarts its threads
+    with it: it works whether NumPy was imported first or not. A timeout the
+    user set in the environment is kept. Part of ``configure_process``.
     """
     return set_blas_thread_timeout(os.environ.get("OPENBLAS_THREAD_TIMEOUT") or BLAS_THREAD_TIMEOUT)
 
@@ -228,9 +233,10 @@ def quiet_blas_threads() -> bool:
 def keep_freed_memory() -> bool:
     """Ask the C allocator (glibc) to keep freed blocks of up to 32 MB for reuse.
 
-    A free 10-25% on elementwise work in training, at the price of the
-    process holding on to its peak memory. Called by the trainer and the
-    benchmarks; a no-op (returning False) where the C library is not glibc.
+    Memory freed by one step is there for the next without page faults, at
+    the price of the process holding on to its peak memory. Part of
+    ``configure_process``; a no-op (returning False) where the C library is
+    not glibc.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

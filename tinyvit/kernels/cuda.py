@@ -1,28 +1,28 @@
 """CUDA kernels: reference ops of ``functional.py`` in fewer kernel launches, on CuPy.
 
-On a GPU every whole-array operation is a kernel launch, a few microseconds
-of the host's time however small the array; a training step of ViT-Lite-7/4
-is bound by the number of launches, not by arithmetic. The reference ops
-run on CuPy as they are (one launch per NumPy-style operation), and most
-take a handful. One does not: the exact GELU's ``Phi`` comes from the
-package's ``erf``, a twelve-term fit evaluated by Horner's rule, about
-thirty launches forward. CUDA has the Gaussian CDF built in (``normcdf``,
-as CuPy's ``cupyx.scipy.special.ndtr``): one launch.
+On a GPU every whole-array operation is a kernel launch, a fixed cost on the
+host however small the array; a training step of a small ViT is bound by
+the number of launches, not by arithmetic. The reference ops run on CuPy as
+they are (one launch per NumPy-style operation), and most take a handful.
+One does not: the exact GELU's ``Phi`` comes from the package's ``erf``, a
+twelve-term fit evaluated by Horner's rule, a launch per operation. CUDA has
+the Gaussian CDF built in (``normcdf``, as CuPy's
+``cupyx.scipy.special.ndtr``): one launch for the whole of ``Phi``.
 
-    gelu    y = x Phi(x)           2 launches forward, 7 backward (reference: 38 and 7)
+    gelu    y = x Phi(x), Phi by CUDA's normcdf; the tanh form as the reference has it
 
 Only CuPy's own ufuncs are used (no hand-written CUDA source), so nothing
 here can fail to compile that CuPy itself does not compile. The test suite
 checks each kernel against its reference in float32 and float64, values and
 gradients, on the ``"cuda"`` device (a real GPU, or the CuPy stand-in).
+``KERNELS`` is registered for the ``"cuda"`` device by ``kernels/__init__.py``.
 """
 
 from __future__ import annotations
 
 import math
 
-from .. import backend
-from .. import functional as F
+from .. import backend, dispatch
 from ..tensor import Tensor, as_tensor
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -31,7 +31,7 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 def gelu(x, approximate="none") -> Tensor:
     """The exact GELU with CUDA's Gaussian CDF; the tanh form as the reference has it."""
     if approximate != "none":
-        return F.gelu.reference(x, approximate)  # about six launches already
+        return dispatch.reference("gelu")(x, approximate)  # a few launches already
     x = as_tensor(x)
     a = x.data
     cdf = backend.cupyx.scipy.special.ndtr(a)  # Phi(x), one launch
