@@ -36,6 +36,22 @@ def test_named_parameters_follow_attribute_order_and_nesting():
     assert block.attn.qkv.weight.shape == (24, 8)  # fused q, k, v: (3D, D)
 
 
+def test_named_parameters_are_parameters_only_and_buffers_are_named_apart():
+    """``named_parameters()`` never yields a Buffer (the fixed sin-cos table), and
+    ``named_buffers()`` / ``buffers()`` yield only them, with their dotted names."""
+    from tinyvit import ViT
+
+    model = ViT(16, 8, 3, dim=8, depth=1, heads=2, mlp_dim=16, pos_embed="sincos")
+    names = [n for n, _ in model.named_parameters()]
+    assert "pos_embed" not in names and "cls_token" in names
+    assert all(isinstance(p, nn.Parameter) for _, p in model.named_parameters())
+    assert [(n, type(b)) for n, b in model.named_buffers()] == [("pos_embed", nn.Buffer)]
+    assert model.buffers() == [model.pos_embed]
+    assert [n for n, _ in model.named_buffers("vit.")] == ["vit.pos_embed"]
+    assert next(model.blocks[0].named_parameters("blocks.0."))[0] == "blocks.0.norm1.weight"
+    assert list(ViT(16, 8, 3, dim=8, depth=1, heads=2, mlp_dim=16).named_buffers()) == []
+
+
 def test_state_dict_round_trip_copies():
     manual_seed(0)
     a, b = nn.Mlp(4, 8), nn.Mlp(4, 8)

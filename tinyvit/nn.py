@@ -95,20 +95,28 @@ class Module:
         for _, child in self.named_children():
             yield from child.modules()
 
-    def named_parameters(self, prefix="", kind=Parameter):
-        """``(dotted name, Parameter)`` pairs, in the order the attributes were set
-        (``kind=Buffer``: the buffers instead)."""
+    def _named_tensors(self, kind, prefix):
+        """``(dotted name, tensor)`` for every attribute of class ``kind`` down the tree,
+        in the order the attributes were set."""
         for name, value in vars(self).items():
             if isinstance(value, kind):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.", kind)
+                yield from value._named_tensors(kind, f"{prefix}{name}.")
             elif isinstance(value, (list, tuple)) and value and isinstance(value[0], Module):
                 for i, module in enumerate(value):
-                    yield from module.named_parameters(f"{prefix}{name}.{i}.", kind)
+                    yield from module._named_tensors(kind, f"{prefix}{name}.{i}.")
+
+    def named_parameters(self, prefix=""):
+        """``(dotted name, Parameter)`` pairs, in the order the attributes were set."""
+        return self._named_tensors(Parameter, prefix)
+
+    def named_buffers(self, prefix=""):
+        """``(dotted name, Buffer)`` pairs, in the order the attributes were set."""
+        return self._named_tensors(Buffer, prefix)
 
     def buffers(self):
-        return [b for _, b in self.named_parameters(kind=Buffer)]
+        return [b for _, b in self.named_buffers()]
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
