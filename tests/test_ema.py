@@ -66,3 +66,32 @@ def test_the_state_round_trips_and_checks_shapes():
         other.load_state_dict(bad)
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(model, decay=1.5)
+
+
+def test_the_averages_are_one_array_laid_out_as_the_weights():
+    """Without an optimizer the average gathers the weights into one array (each
+    parameter's data a view of it) and keeps the averages in one array like it: an update
+    is whole-array arithmetic, the same numbers as weight by weight."""
+    model = small_model()
+    ema = ModelEMA(model, decay=0.9)
+    buffer = ema._weights
+    assert all(p.data.base is buffer for p in model.parameters())
+    assert buffer.size == model.num_parameters() == ema._average.size
+    for p in model.parameters():
+        p.data *= 2.0
+    ema.update(model)
+    np.testing.assert_allclose(ema._average, (0.1 * 0.5 + 0.9) * buffer, rtol=1e-6)
+
+
+def test_the_trained_weights_come_back_whatever_the_block_did():
+    model = small_model()
+    ema = ModelEMA(model, decay=0.5)
+    trained = model.state_dict()
+    with ema.applied_to(model):
+        model.head.weight.data = np.zeros((3, 8), dtype=np.float32)  # put another array in
+        model.head.bias.data += 5.0  # write into the averaged weights
+    assert all(p.data.base is ema._weights for p in model.parameters())
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, trained[name])
+    with pytest.raises(ValueError, match="missing"):
+        ema.load_state_dict({"updates": 1})

@@ -167,8 +167,10 @@ def test_the_flat_step_equals_the_per_parameter_step_to_the_bit(make, clip):
     runs = []
     for flat in (True, False):
         model, x, y = model_and_batch()
-        optimizer = one_group_each(model, make) if not flat else (
-            make(model.parameters() if make is sgd else model))  # fmt: skip
+        if flat:  # AdamW's two default groups, SGD's one
+            optimizer = make(model if make is adamw else model.parameters())
+        else:
+            optimizer = one_group_each(model, make)
 
         def forward(model=model, x=x, y=y):
             return F.cross_entropy(model(x), y), None
@@ -189,9 +191,9 @@ def test_the_flat_step_equals_the_per_parameter_step_to_the_bit(make, clip):
         runs.append(model.state_dict())
         # the buffers were used: every weight and every gradient is a view of them
         assert all(p.data.base is optimizer.flat.data for p in model.parameters())
-        if flat:
-            assert whole_buffer(p.grad for p in model.parameters()) is optimizer.flat.grad
-            assert len(optimizer.param_groups) == (2 if make is adamw else 1)
+        assert whole_buffer(p.grad for p in model.parameters()) is optimizer.flat.grad
+        groups = (2 if make is adamw else 1) if flat else len(model.parameters())
+        assert len(optimizer.param_groups) == groups
     for name, value in runs[0].items():
         if clip:
             np.testing.assert_allclose(value, runs[1][name], rtol=1e-4, atol=1e-5, err_msg=name)

@@ -220,6 +220,21 @@ def test_leaf_gradients_never_share_memory(xp):
     np.testing.assert_array_equal(to_numpy(b.grad), [1.0, 1.0, 1.0])
 
 
+def test_a_leaf_gradient_that_exists_is_added_into_in_place(xp):
+    """A ``.grad`` that is a view of a larger array (an optimizer's gradient buffer) is
+    added into where it is: the array sees the gradient, and stays the leaf's."""
+    buffer = xp.zeros(5)
+    a = Tensor(xp.ones(3), requires_grad=True)
+    b = Tensor(xp.ones(2), requires_grad=True)
+    a.grad, b.grad = buffer[:3], buffer[3:]
+    view = a.grad
+    (a * xp.asarray([1.0, 2.0, 3.0])).sum().backward()
+    assert a.grad is view
+    np.testing.assert_array_equal(to_numpy(buffer), [1.0, 2.0, 3.0, 0.0, 0.0])
+    (a.sum() + (b * 4.0).sum()).backward()
+    np.testing.assert_array_equal(to_numpy(buffer), [2.0, 3.0, 4.0, 4.0, 4.0])
+
+
 def test_upstream_gradient_is_not_modified(xp):
     x = Tensor(xp.ones(3), requires_grad=True)
     y = x * 1.0

@@ -10,14 +10,18 @@ last weights. After every optimizer step:
 
 The warm-up of ``decay_t`` (``t`` counts the updates) lets the average
 follow the weights closely at the start, when they are far from where they
-will end, instead of remembering the random initialisation for thousands of
+will end, instead of remembering the random initialization for thousands of
 steps. ``with ema.applied_to(model):`` puts the averaged weights into the
 model (for evaluation, or saving) and the trained ones back afterwards.
 
-When the model's parameters live in an optimizer's buffer
-(``optim.FlatParameters``), the averages live in one array of the same
-layout, and an update is three whole-array operations instead of three per
-parameter: the same numbers, far fewer kernel launches on a GPU.
+One array for all the averages. The weights live in one buffer (the
+optimizer's, ``optim.FlatParameters``; without an optimizer the average
+gathers them into one), and the averages in one array of the same layout,
+so an update is three whole-array operations, whatever the number of
+parameters. The average needs no map of that layout, which is the
+optimizer's business: to read or write the average of one named weight it
+puts the averages into the buffer for a moment and goes through the
+parameter's own view.
 """
 
 from __future__ import annotations
@@ -26,31 +30,27 @@ import contextlib
 
 from . import backend
 from .checks import FRACTION
-from .optim import flat_parameters_of
-from .tensor import no_grad
+from .optim import gather, restore_view, whole_buffer
 
 
 class ModelEMA:
-    """The moving average of every parameter of ``model`` (the same names, shapes and device)."""
+    """The moving average of every parameter of ``model`` (the same names, shapes and device).
+
+    ``update`` and ``applied_to`` take that same model.
+    """
 
     def __init__(self, model, decay=0.999):
         FRACTION.check("ModelEMA: decay", decay)
         self.decay = decay
         self.updates = 0
         named = list(model.named_parameters())
-        self._flat = flat_parameters_of(p for _, p in named)  # the model's buffer, if any
-        if self._flat is not None and self._flat.relink():
-            self._flat_average = self._flat.data.copy()  # (all parameters,): one array
-            where = {id(p): i for i, p in enumerate(self._flat.params)}
-            offsets = self._flat.offsets
-            self.averages = {
-                name: self._flat_average[offsets[where[id(p)]] : offsets[where[id(p)] + 1]]
-                .reshape(p.shape)
-                for name, p in named
-            }  # each a view of the one array
-        else:
-            self._flat = self._flat_average = None
-            self.averages = {name: p.data.copy() for name, p in named}
+        self._names = [name for name, _ in named]
+        self._params = [p for _, p in named]
+        self._weights = whole_buffer(p.data for p in self._params)  # (all parameters,)
+        if self._weights is None:  # in no buffer yet: gathered into one
+            self._weights, _ = gather(self._params, "ModelEMA")
+        self._views = [p.data for p in self._params]  # each parameter's view of the buffer
+        self._average = self._weights.copy()  # (all parameters,): laid out as the weights
 
     def decay_now(self) -> float:
         """``decay_t`` of the next update: the warm-up's ``(1 + t) / (10 + t)``, capped at decay."""
@@ -59,39 +59,64 @@ class ModelEMA:
     def update(self, model) -> None:
         """Move every average towards the model's weights (after an optimizer step)."""
         keep = self.decay_now()
-        with no_grad():
-            if self._flat is not None and self._flat.relink():  # all at once
-                self._flat_average *= keep
-                self._flat_average += (1.0 - keep) * self._flat.data
-            else:
-                for name, p in model.named_parameters():
-                    average = self.averages[name]
-                    average *= keep
-                    average += (1.0 - keep) * p.data
+        weights = self._follow(model)
+        self._average *= keep
+        self._average += (1.0 - keep) * weights
         self.updates += 1
+
+    def _follow(self, model):
+        """The buffer that holds the model's weights, after catching up with what was done
+        to the parameters since the last look: moved into another buffer (an optimizer made
+        after the average: the averages move to its layout), or an array put in place of a
+        view (copied into the view, as the optimizer does)."""
+        params = model.parameters()
+        if len(params) != len(self._params) or any(
+            a is not b for a, b in zip(params, self._params)
+        ):
+            raise ValueError("ModelEMA: this is not the model the average was made of")
+        if all(p.data is view for p, view in zip(params, self._views)):
+            return self._weights
+        moved = whole_buffer(p.data for p in params)
+        if moved is not None:
+            averages = self.averages
+            self._weights, self._views = moved, [p.data for p in params]
+            self._write(averages)
+        else:
+            for p, view in zip(params, self._views):
+                if p.data is not view:
+                    restore_view(p, view, "ModelEMA")
+        return self._weights
 
     @contextlib.contextmanager
     def applied_to(self, model):
         """Inside the block ``model`` has the averaged weights; after it, the trained ones."""
-        if self._flat is not None and self._flat.relink():
-            # The parameters stay views of the optimizer's buffer: the values are swapped.
-            trained = self._flat.data.copy()
-            self._flat.data[...] = self._flat_average
-            try:
-                yield model
-            finally:
-                self._flat.relink()  # in case the block put other arrays in
-                self._flat.data[...] = trained
-            return
-        params = dict(model.named_parameters())
-        trained = {name: p.data for name, p in params.items()}
-        for name, p in params.items():
-            p.data = self.averages[name]
+        weights, views = self._follow(model), list(self._views)
+        trained = weights.copy()
+        weights[...] = self._average  # the parameters' views show the averages
         try:
             yield model
         finally:
-            for name, p in params.items():
-                p.data = trained[name]
+            for p, view in zip(self._params, views):  # whatever the block put in their place
+                p.data = view
+            weights[...] = trained
+
+    @property
+    def averages(self) -> dict:
+        """``{name: array}``: a copy of each parameter's average, of its shape, on its device."""
+        trained = self._weights.copy()
+        self._weights[...] = self._average
+        averages = {name: view.copy() for name, view in zip(self._names, self._views)}
+        self._weights[...] = trained
+        return averages
+
+    def _write(self, averages):
+        """Make ``averages`` (``{name: array}``, on any device) the averages."""
+        trained = self._weights.copy()
+        device = backend.device_of(self._weights)
+        for name, view in zip(self._names, self._views):
+            view[...] = backend.to_device(averages[name], device).astype(view.dtype)
+        self._average = self._weights.copy()
+        self._weights[...] = trained
 
     def state_dict(self) -> dict:
         """``{"updates": ..., name: NumPy array}``, for a checkpoint."""
@@ -100,16 +125,14 @@ class ModelEMA:
         return state
 
     def load_state_dict(self, state) -> None:
-        missing = [name for name in self.averages if name not in state]
+        missing = [name for name in self._names if name not in state]
         if missing or "updates" not in state:
             raise ValueError(f"ModelEMA state: missing {missing or ['updates']}")
-        for name, average in self.averages.items():
-            value = state[name]
-            if tuple(value.shape) != average.shape:
+        for name, view in zip(self._names, self._views):
+            if tuple(state[name].shape) != view.shape:
                 raise ValueError(
-                    f"ModelEMA state: {name} has shape {tuple(value.shape)}, "
-                    f"expected {average.shape}"
+                    f"ModelEMA state: {name} has shape {tuple(state[name].shape)}, "
+                    f"expected {view.shape}"
                 )
-            device = backend.device_of(average)
-            average[...] = backend.to_device(value, device).astype(average.dtype)
+        self._write(state)
         self.updates = int(state["updates"])

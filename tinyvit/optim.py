@@ -1,4 +1,4 @@
-"""Optimisers, learning-rate schedules and gradient clipping.
+"""Optimizers, learning-rate schedules and gradient clipping.
 
 The paper trains its ViTs with Adam and fine-tunes with SGD with momentum
 (Section 4.1, Appendix B.1), with a linear warm-up followed by a cosine (or
@@ -10,27 +10,42 @@ so the decay is not rescaled by Adam's per-coordinate step sizes.
 
 Updates run in place on the parameters' arrays, under no graph.
 
-One buffer for all the parameters. Each update is the same elementwise
-maths for every parameter, so an optimizer gathers its parameters into one
-contiguous array and their gradients into another (``FlatParameters``):
-every parameter's ``data`` becomes a view of the first, and ``backward()``
-writes its gradient straight into its view of the second. An AdamW step is
-then ~13 whole-array operations per parameter group instead of ~13 per
-parameter (on a GPU each is a kernel launch of several microseconds however
-small the array: ~26 launches instead of ~1,200 for ViT-Lite-7/4), and
-clipping is a dot product and a scale of one array. The maths is written
-once, ``_update(group, data, grad, state)`` on arrays: the flat step calls
-it on each group's stretch of the buffers, the per-parameter step on each
-parameter. The per-parameter step remains for the cases the buffers cannot
-take: a parameter without a gradient this step (it must not move), a
-gradient set by hand, or parameters moved to another device after the
-optimizer was made. Both give the same numbers to the bit.
+One buffer for all the parameters. An update is the same elementwise maths
+for every parameter, so an optimizer keeps its parameters' values in one
+contiguous array and their gradients in another (``FlatParameters``): each
+parameter's ``.data`` is a view of the first and its ``.grad`` a view of the
+second. The maths is written once, ``_update(group, data, grad, state)`` on
+arrays, and a step calls it once per parameter group, on the group's
+stretch of the two buffers, with the group's state (moment estimates) laid
+out the same way. Fewer, larger operations: an AdamW step is about a dozen
+whole-array operations per group instead of a dozen per parameter (on a GPU
+each is a kernel launch, which costs the host the same few microseconds
+however small its array), and clipping is one dot product and one scale.
+Being elementwise, the update gives the numbers of a per-parameter update to
+the bit.
+
+The gradient buffer is the optimizer's, and works as PyTorch's gradients do
+with ``zero_grad(set_to_none=False)``:
+
+* ``zero_grad()`` zeroes the buffer (one operation) and points every
+  ``.grad`` back at its view; ``backward()`` adds each gradient into it, as
+  it adds into any leaf's ``.grad`` that exists.
+* A parameter that no gradient reaches keeps zeros and is updated with a
+  zero gradient: weight decay and momentum still move it.
+* ``step()`` first brings back anything put in place of a view: a ``.grad``
+  set by hand is copied into the buffer (``None`` counts as zero), and so is
+  a ``.data`` replaced by an array of the same shape, dtype and device.
+  (``Module.load_state_dict`` copies into the views and needs nothing.)
+
+The parameters of one optimizer share a device and a dtype, since one
+buffer holds them: move or cast a model (``model.to(...)``) before making
+its optimizer, as PyTorch asks too; a parameter moved afterwards is an
+error at the next step.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 
@@ -63,107 +78,146 @@ def param_groups(model_or_named, weight_decay):
     ]
 
 
+# ---------------------------------------------------------------- one buffer
+
+
+def whole_buffer(arrays):
+    """The one array that ``arrays`` are distinct views of, together as large as it;
+    else None. For the views a ``FlatParameters`` makes, that is its buffer."""
+    arrays = list(arrays)
+    base = getattr(arrays[0], "base", None) if arrays else None
+    if base is None or base.ndim != 1 or any(a.base is not base for a in arrays):
+        return None
+    if len({id(a) for a in arrays}) != len(arrays) or sum(a.size for a in arrays) != base.size:
+        return None
+    return base
+
+
+def gather(params, owner):
+    """Copy the values of ``params`` into one new 1-D array, one after another, and make
+    each ``p.data`` its view of it (of its shape); return ``(array, views)``.
+
+    ``owner`` (``"AdamW"``, ``"ModelEMA"``) names the caller in the errors: the
+    parameters must be distinct and share one device and dtype.
+    """
+    params = list(params)
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError(f"{owner}: a parameter appears more than once")
+    kinds = {(p.device, str(p.dtype)) for p in params}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"{owner}: the parameters must share one device and dtype to share a buffer, "
+            f"got {', '.join(f'{d} {t}' for d, t in sorted(kinds))}; move or cast the "
+            "model first (model.to(...))"
+        )
+    xp = xp_of(*(p.data for p in params))
+    dtype = params[0].dtype if params else backend.DEFAULT_DTYPE
+    offsets = np.cumsum([0] + [p.size for p in params]).tolist()
+    buffer = xp.empty(offsets[-1], dtype=dtype)  # (all parameters,)
+    views = []
+    for p, start, stop in zip(params, offsets, offsets[1:]):
+        view = buffer[start:stop].reshape(p.shape)
+        view[...] = p.data
+        p.data = view
+        views.append(view)
+    return buffer, views
+
+
+def restore_view(param, view, owner):
+    """Make ``param.data`` the buffer's ``view`` again, copying in the array that was put
+    in its place; an array of another shape, dtype or device is an error."""
+    was = (view.shape, view.dtype, backend.device_of(view))
+    now = (param.shape, param.dtype, param.device)
+    if now != was:
+        raise ValueError(
+            f"{owner}: a parameter of shape {was[0]} ({was[1]} on {was[2]}) became "
+            f"{now[0]} ({now[1]} on {now[2]}) after the {owner} was made; move or cast the "
+            f"model (model.to(...)) before making its {owner}"
+        )
+    view[...] = param.data
+    param.data = view
+
+
 class FlatParameters:
     """Parameters whose values live in one contiguous array, and their gradients in another.
 
-    ``FlatParameters(params)`` copies each parameter's values into its
-    stretch of ``self.data`` and makes ``p.data`` a view of it (same shape),
-    and makes ``p.grad_buffer`` the view of ``self.grad`` that
-    ``Tensor.backward`` fills instead of a fresh array. The parameters must
-    share a device and a dtype. Anything that later puts another array in
-    ``p.data`` (``load_state_dict`` does not: it copies in place) is noticed
-    by ``relink``, which copies it back into the buffer.
+    ``FlatParameters(params)`` copies each parameter's values into its stretch of
+    ``self.data`` and its gradient (zeros if it has none) into its stretch of
+    ``self.grad``, and makes ``p.data`` and ``p.grad`` views of them (of the
+    parameter's shape), in the order given.
     """
 
-    def __init__(self, params):
+    def __init__(self, params, owner="optimizer"):
         self.params = list(params)
-        xp = xp_of(*(p.data for p in self.params))
-        self.dtype = self.params[0].dtype
-        self.sizes = [p.size for p in self.params]
-        self.offsets = [0]
-        for size in self.sizes:
-            self.offsets.append(self.offsets[-1] + size)
-        self.data = xp.empty(self.offsets[-1], dtype=self.dtype)  # (all parameters,)
-        self.grad = xp.zeros(self.offsets[-1], dtype=self.dtype)  # (all gradients,)
-        self._views = []
-        for p, start, stop in zip(self.params, self.offsets, self.offsets[1:]):
-            view = self.data[start:stop].reshape(p.shape)
-            view[...] = p.data
-            p.data = view
-            p.grad_buffer = self.grad[start:stop].reshape(p.shape)
-            self._views.append(view)
-            _OWNERS[id(p.grad_buffer)] = self  # for clip_gradients, which gets parameters
+        self.owner = owner
+        self.data, self.data_views = gather(self.params, owner)  # (all parameters,)
+        self.offsets = np.cumsum([0] + [p.size for p in self.params]).tolist()
+        self.grad = xp_of(self.data).zeros_like(self.data)  # (all gradients,)
+        self.grad_views = self.views_of(self.grad)
+        for p, view in zip(self.params, self.grad_views):
+            if p.grad is None:
+                p.grad = view
+        self.collect()  # the gradients computed before: copied in
 
     def stretch(self, first, last):
-        """``(data, grad)`` views of parameters ``first .. last - 1``, flat."""
+        """``(data, grad)``: 1-D views of parameters ``first .. last - 1`` in the buffers."""
         start, stop = self.offsets[first], self.offsets[last]
         return self.data[start:stop], self.grad[start:stop]
 
-    def relink(self) -> bool:
-        """Make every ``p.data`` its view again (copying in values put there since);
-        False when one of them has moved to another device, dtype or shape."""
-        for p, view in zip(self.params, self._views):
-            if p.data is view:
-                continue
-            if p.data.shape != view.shape or p.dtype != self.dtype or p.device != self.device:
-                return False
-            view[...] = p.data
-            p.data = view
-        return True
+    def views_of(self, flat, first=0, last=None):
+        """One view of ``flat`` per parameter ``first .. last - 1`` (of its shape), for an
+        array laid out as their stretch of the buffers."""
+        last = len(self.params) if last is None else last
+        base = self.offsets[first]
+        return [
+            flat[self.offsets[i] - base : self.offsets[i + 1] - base].reshape(p.shape)
+            for i, p in enumerate(self.params[first:last], first)
+        ]
 
     @property
     def device(self) -> str:
         return backend.device_of(self.data)
 
-    def gradients_in_place(self) -> bool:
-        """Whether every gradient is the one ``backward()`` wrote into the buffer."""
-        return all(p.grad is not None and p.grad is p.grad_buffer for p in self.params)
+    def zero_grad(self):
+        """Zero every gradient: the buffer, at once; every ``.grad`` points at its view."""
+        self.grad.fill(0)
+        for p, view in zip(self.params, self.grad_views):
+            p.grad = view
 
-    def gradient_of(self, parameters):
-        """The whole gradient buffer, if ``parameters`` are exactly these and every gradient
-        is in it; else None."""
-        if flat_parameters_of(parameters) is not self:
-            return None
-        return self.grad if self.gradients_in_place() else None
-
-
-_OWNERS = weakref.WeakValueDictionary()  # id of a parameter's grad_buffer -> its FlatParameters
-
-
-def flat_parameters_of(parameters) -> FlatParameters | None:
-    """The ``FlatParameters`` that holds exactly ``parameters`` (in any order), or None."""
-    parameters = list(parameters)
-    owner = _OWNERS.get(id(parameters[0].grad_buffer)) if parameters else None
-    if owner is None or len(parameters) != len(owner.params):
-        return None
-    ids = {id(p) for p in parameters}
-    return owner if all(id(p) in ids for p in owner.params) else None
-
-
-def flatten(params):
-    """``FlatParameters(params)`` when they can share buffers (one device and dtype, none
-    repeated, none already in another buffer), else None."""
-    params = list(params)
-    if not params or len({id(p) for p in params}) != len(params):
-        return None
-    if any(p.grad_buffer is not None for p in params):  # another optimizer holds them
-        return None
-    if len({(p.device, p.dtype) for p in params}) != 1:
-        return None
-    return FlatParameters(params)
+    def collect(self):
+        """Bring into the buffers what was put in place of a view since: a ``.data`` of the
+        same shape, dtype and device, a ``.grad`` set by hand (``None``: zero)."""
+        for p, view, grad in zip(self.params, self.data_views, self.grad_views):
+            if p.data is not view:
+                restore_view(p, view, self.owner)
+            if p.grad is grad:
+                continue
+            if p.grad is None:
+                grad.fill(0)
+            elif p.grad.shape != grad.shape:
+                raise ValueError(
+                    f"{self.owner}: a gradient of shape {p.grad.shape} was set for a "
+                    f"parameter of shape {grad.shape}"
+                )
+            else:
+                xp_of(grad, p.grad, names=("the parameter", "the gradient set by hand"))
+                grad[...] = p.grad
+            p.grad = grad
 
 
 class Optimizer:
-    """Parameter groups, per-parameter state, and saving both.
+    """Parameter groups, their state, and saving both.
 
     ``params`` is a list of parameters, a list of ``{"params": [...], ...}``
     groups (entries override the defaults, as in PyTorch), or a module or
-    ``named_parameters()``, which the subclass may split into groups.
-    ``flat=True`` (the default) gathers the parameters into one buffer
-    (``FlatParameters``; the module docstring says why).
+    ``named_parameters()``, which the subclass may split into groups. The
+    parameters move into one buffer, each group a stretch of it
+    (``FlatParameters``; the module docstring says why and what it means for
+    ``.grad`` and ``.data``). A group's state (``group_states``) is one set of
+    arrays over its stretch and its counters (AdamW's step count).
     """
 
-    def __init__(self, params, defaults, flat=True):
+    def __init__(self, params, defaults):
         if hasattr(params, "named_parameters"):
             params = params.parameters()
         params = list(params)
@@ -173,25 +227,23 @@ class Optimizer:
             self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in params]
         else:
             self.param_groups = [{**defaults, "params": params}]
-        self.state = [{} for g in self.param_groups for _ in g["params"]]
+        everything = [p for g in self.param_groups for p in g["params"]]
+        self.flat = FlatParameters(everything, type(self).__name__)
+        self.group_states = [{} for _ in self.param_groups]
         self.steps = 0
-        self.flat = flatten(p for g in self.param_groups for p in g["params"]) if flat else None
-        # Each group's state as arrays over its stretch of the buffer (the per-parameter
-        # states are views of them), once a flat step has run.
-        self._group_states = None
 
-    def _params(self):
-        """(group, parameter, state) for every parameter, in a fixed order."""
-        i = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                yield group, p, self.state[i]
-                i += 1
+    def _groups(self):
+        """``(group, first, last, state)``: each group, the indices of its parameters in
+        the buffer (``first .. last - 1``) and its state."""
+        first = 0
+        for group, state in zip(self.param_groups, self.group_states):
+            last = first + len(group["params"])
+            yield group, first, last, state
+            first = last
 
     def zero_grad(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
+        """Zero the gradient buffer (every ``.grad`` a view of it again)."""
+        self.flat.zero_grad()
 
     def set_lr(self, lr):
         """Set every group's learning rate (a schedule calls this each step)."""
@@ -199,94 +251,35 @@ class Optimizer:
             group["lr"] = lr
 
     def step(self):
+        """``_update`` once per group, on its stretch of the parameter and gradient buffers."""
         self.steps += 1
-        if self._flat_ready():
-            self._flat_step()
-            return
-        self._group_states = None  # the per-parameter states may part ways now
-        for group, p, state in self._params():
-            if p.grad is not None:
-                self._update(group, p.data, p.grad, state)
+        self.flat.collect()
+        for group, first, last, state in self._groups():
+            if first < last:
+                data, grad = self.flat.stretch(first, last)
+                self._update(group, data, grad, state)
 
     def _update(self, group, data, grad, state):
         """One update of ``data`` (in place) from ``grad``, with ``state`` (a dict, in place)."""
         raise NotImplementedError
 
-    # -- the flat step ---------------------------------------------------------
-
-    def _flat_ready(self) -> bool:
-        """Whether this step can run on the buffers: they hold every parameter, every
-        gradient was written there, and the states are (or can be made) group-wide."""
-        if self.flat is None:
-            return False
-        if not self.flat.relink():  # the model moved to another device or dtype
-            self.flat = None
-            return False
-        if not self.flat.gradients_in_place():
-            return False
-        return self._group_states is not None or self._gather_states()
-
-    def _group_ranges(self):
-        first = 0
-        for group in self.param_groups:
-            yield group, first, first + len(group["params"])
-            first += len(group["params"])
-
-    def _gather_states(self) -> bool:
-        """Make each group's state one set of arrays over its stretch of the buffer.
-
-        Fresh states are empty. Loaded (or per-parameter) states are copied into
-        group-wide arrays when every parameter of the group has the same step count
-        and the same entries; otherwise the per-parameter step goes on.
-        """
-        xp = xp_of(self.flat.data)
-        group_states = []
-        for _, first, last in self._group_ranges():
-            states = self.state[first:last]
-            if not any(states):
-                group_states.append({})
-                continue
-            keys = set(states[0])
-            counters = {k for k, v in states[0].items() if not hasattr(v, "shape")}
-            if any(set(s) != keys for s in states) or any(
-                s[k] != states[0][k] for s in states for k in counters
-            ):
-                return False
-            merged = {k: states[0][k] for k in counters}
-            for key in keys - counters:
-                merged[key] = xp.concatenate([s[key].reshape(-1) for s in states])
-            group_states.append(merged)
-        self._group_states = group_states
-        self._share_states()
-        return True
-
-    def _share_states(self):
-        """Point every parameter's state at its views of its group's state arrays."""
-        for (_, first, last), merged in zip(self._group_ranges(), self._group_states):
-            for i in range(first, last):
-                state = self.state[i]
-                for key, value in merged.items():
-                    if not hasattr(value, "shape"):
-                        state[key] = value
-                    elif state.get(key) is None or state[key].base is not value:
-                        start = self.flat.offsets[i] - self.flat.offsets[first]
-                        stop = self.flat.offsets[i + 1] - self.flat.offsets[first]
-                        state[key] = value[start:stop].reshape(self.flat.params[i].shape)
-
-    def _flat_step(self):
-        """``_update`` once per group, on its stretch of the parameter and gradient buffers."""
-        for (group, first, last), merged in zip(self._group_ranges(), self._group_states):
-            if first == last:
-                continue
-            data, grad = self.flat.stretch(first, last)
-            self._update(group, data, grad, merged)
-        self._share_states()
+    @property
+    def state(self) -> list:
+        """Each parameter's state, in buffer order: views of its stretch of its group's
+        arrays (of the parameter's shape), and the group's counters."""
+        out = []
+        for _, first, last, state in self._groups():
+            arrays = {k: v for k, v in state.items() if _is_array(v)}
+            views = {k: self.flat.views_of(v, first, last) for k, v in arrays.items()}
+            for j in range(last - first):
+                out.append({k: views[k][j] if k in views else v for k, v in state.items()})
+        return out
 
     # -- saving -------------------------------------------------------------
 
     def state_dict(self) -> dict:
         """Flat ``{name: array}``, ready for an ``.npz``: the step count, every group's
-        hyper-parameters and every parameter's state (moment estimates)."""
+        hyper-parameters and every parameter's state (``state{i}.exp_avg`` ...)."""
         out = {"steps": np.array(self.steps)}
         for g, group in enumerate(self.param_groups):
             for key, value in group.items():
@@ -294,34 +287,71 @@ class Optimizer:
                     out[f"group{g}.{key}"] = np.array(value)
         for i, state in enumerate(self.state):
             for key, value in state.items():
-                out[f"state{i}.{key}"] = value if hasattr(value, "shape") else np.array(value)
+                out[f"state{i}.{key}"] = value if _is_array(value) else np.array(value)
         return out
 
     def load_state_dict(self, state_dict):
-        self.steps = int(state_dict["steps"])
-        for g, group in enumerate(self.param_groups):
-            for key in group:
-                if key != "params":
-                    value = state_dict[f"group{g}.{key}"]
-                    group[key] = tuple(value.tolist()) if np.ndim(value) else value.item()
-        self._group_states = None  # gathered again, from these, at the next flat step
-        for i, (_, p, state) in enumerate(self._params()):
-            state.clear()
-            prefix = f"state{i}."
-            for key, value in state_dict.items():
-                if not key.startswith(prefix):
-                    continue
-                if np.ndim(value) == 0:  # a counter
-                    state[key[len(prefix) :]] = value.item()
-                else:
-                    if tuple(value.shape) != p.shape:
-                        raise ValueError(
-                            f"optimizer state {key} has shape {tuple(value.shape)}, "
-                            f"but its parameter has shape {p.shape}"
-                        )
-                    state[key[len(prefix) :]] = backend.to_device(value, p.device).astype(
-                        p.dtype, copy=True
+        """Load what ``state_dict`` saved (this optimizer's, or one that kept a state per
+        parameter): each parameter's arrays go into its stretch of its group's, whose
+        counters its parameters must agree on. Nothing changes unless all of it fits."""
+        per_parameter = [{} for _ in self.flat.params]
+        for key, value in state_dict.items():
+            index, _, name = key.removeprefix("state").partition(".")
+            if key.startswith("state") and index.isdigit():
+                if int(index) >= len(per_parameter):
+                    raise ValueError(
+                        f"optimizer state {key}: this optimizer has {len(per_parameter)} "
+                        "parameters"
                     )
+                per_parameter[int(index)][name] = value
+        group_states = [
+            self._group_state(g, first, per_parameter[first:last])
+            for g, (_, first, last, _) in enumerate(self._groups())
+        ]
+        hyper = [
+            {key: state_dict[f"group{g}.{key}"] for key in group if key != "params"}
+            for g, group in enumerate(self.param_groups)
+        ]
+        self.steps = int(state_dict["steps"])
+        for group, values in zip(self.param_groups, hyper):
+            for key, value in values.items():
+                group[key] = tuple(value.tolist()) if np.ndim(value) else value.item()
+        self.group_states = group_states
+
+    def _group_state(self, g, first, states):
+        """Group ``g``'s state from its parameters' saved states (``first``: its first)."""
+        if not any(states):
+            return {}
+        keys = sorted(states[0])
+        if any(sorted(s) != keys for s in states):
+            raise ValueError(f"optimizer state: the parameters of group {g} differ in entries")
+        merged = {}
+        for key in keys:
+            values = [s[key] for s in states]
+            if np.ndim(values[0]) == 0:  # a counter, which the group's parameters share
+                counts = {np.asarray(v).item() for v in values}
+                if len(counts) != 1:
+                    raise ValueError(
+                        f"optimizer state: the parameters of group {g} differ in {key} "
+                        f"({sorted(counts)}); this optimizer keeps one per group"
+                    )
+                merged[key] = counts.pop()
+                continue
+            for i, (value, p) in enumerate(zip(values, self.flat.params[first:]), first):
+                if tuple(value.shape) != p.shape:
+                    raise ValueError(
+                        f"optimizer state state{i}.{key} has shape {tuple(value.shape)}, "
+                        f"but its parameter has shape {p.shape}"
+                    )
+            host = np.concatenate([backend.to_numpy(v).reshape(-1) for v in values])
+            merged[key] = backend.to_device(host, self.flat.device).astype(
+                self.flat.data.dtype, copy=True
+            )
+        return merged
+
+
+def _is_array(value) -> bool:
+    return hasattr(value, "shape")
 
 
 class SGD(Optimizer):
@@ -331,13 +361,12 @@ class SGD(Optimizer):
     step along ``b``, or along ``g + momentum * b`` with ``nesterov=True``.
     """
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, flat=True):
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         if nesterov and momentum <= 0:
             raise ValueError("SGD: Nesterov momentum needs momentum > 0")
         super().__init__(
             params,
             dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay),
-            flat,
         )
 
     def _update(self, group, data, grad, state):
@@ -369,18 +398,15 @@ class AdamW(Optimizer):
     the position embedding and the class token get no weight decay.
     """
 
-    def __init__(
-        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, flat=True
-    ):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         if hasattr(params, "named_parameters"):
             params = param_groups(params, weight_decay)
         else:
             params = list(params)
             if params and isinstance(params[0], tuple):
                 params = param_groups(params, weight_decay)
-        super().__init__(
-            params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), flat
-        )
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
 
     def _update(self, group, data, grad, state):
         xp = xp_of(data)
@@ -437,17 +463,16 @@ def clip_gradients(parameters, max_norm):
     scale ``min(1, max_norm / (norm + 1e-6))`` is computed and applied on the
     device, as ``torch.nn.utils.clip_grad_norm_`` does. A norm that is ``inf``
     or ``nan`` leaves the gradients unscaled, for the caller to see. When the
-    parameters are those of one ``FlatParameters`` with every gradient in its
-    buffer, the norm and the scale each take one operation on that buffer.
+    gradients are together one whole array (an optimizer's gradient buffer,
+    given exactly its parameters: ``whole_buffer``), the norm and the scale
+    are one operation each on that array.
     """
-    parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return None
-    owner = flat_parameters_of(parameters)
-    flat = owner.gradient_of(parameters) if owner is not None else None
-    if flat is not None:
-        grads = [flat]  # (all parameters,): every gradient, in one array
+    whole = whole_buffer(grads)
+    if whole is not None:
+        grads = [whole]  # (all parameters,): every gradient, in one array
     xp = xp_of(*grads)
     total = xp.sqrt(sum(xp.vdot(g.reshape(-1), g.reshape(-1)) for g in grads))  # 0-d
     scale = max_norm / (total + 1e-6)

@@ -99,7 +99,7 @@ class Tensor:
     takes; Python floats and lists of floats become ``float32``.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "grad_buffer", "_parents", "_backward", "_op")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op")
     __array_ufunc__ = None  # `ndarray + Tensor` defers to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
@@ -116,7 +116,6 @@ class Tensor:
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
-        self.grad_buffer = None  # where backward() puts the gradient (optim.FlatParameters)
         self._parents = ()
         self._backward = None
         self._op = None
@@ -133,7 +132,7 @@ class Tensor:
         joins the graph.
         """
         out = Tensor.__new__(Tensor)
-        out.data, out.grad, out.grad_buffer, out._op = data, None, None, op
+        out.data, out.grad, out._op = data, None, op
         if _grad_enabled and any(p is not None and p.requires_grad for p in parents):
             out.requires_grad, out._parents, out._backward = True, tuple(parents), backward
         else:
@@ -169,6 +168,9 @@ class Tensor:
         ``grad`` is the gradient of some final scalar with respect to ``self``;
         it may be left out when ``self`` holds one number (a loss). Unless
         ``retain_graph``, the graph is freed on the way, as each node is done.
+        A leaf's gradient is added in place into its ``.grad`` when it has one
+        (an optimizer points them at its gradient buffer), else it becomes a
+        fresh array.
         """
         if not self.requires_grad:
             raise RuntimeError(
@@ -203,10 +205,7 @@ class Tensor:
                 continue
             if node._backward is None:  # a leaf: the gradient stops here, added into .grad
                 if node.grad is not None:
-                    node.grad += g
-                elif node.grad_buffer is not None:  # its place in an optimizer's buffer
-                    node.grad_buffer[...] = g
-                    node.grad = node.grad_buffer
+                    node.grad += g  # in place: .grad may be a view of an optimizer's buffer
                 else:
                     node.grad = g.copy()  # the leaf's own array: g may be shared
                 continue
