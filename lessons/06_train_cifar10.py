@@ -3,9 +3,10 @@
 #
 # Everything so far comes together: the model of Eq. 1-4, the cross-entropy
 # of its logits, ``backward()`` through every layer, and an optimizer that
-# follows the gradient. This lesson runs the trainer's default CPU recipe
-# (``python -m tinyvit.train`` does the same from the command line) and then
-# looks at what the trained model gets right and wrong.
+# follows the gradient. This lesson writes the training loop out, then runs
+# the trainer's default CPU recipe (``python -m tinyvit.train`` does the same
+# from the command line) and looks at what the trained model gets right and
+# wrong.
 #
 # The recipe is the paper's training setup scaled down to a small data set
 # (Section 4.1, Appendix B.1): AdamW with decoupled weight decay, a linear
@@ -29,7 +30,7 @@ import numpy as np
 from tinyvit import data, no_grad
 from tinyvit.cli import fail
 from tinyvit.lesson import lesson_arguments, load_data
-from tinyvit.train import RECIPES, RunError, TrainConfig, Trainer
+from tinyvit.train import RunError, Trainer, recipe
 
 args = lesson_arguments("06_train_cifar10", "Training a ViT on CIFAR-10.")
 dataset = load_data(args)
@@ -86,7 +87,49 @@ fig.suptitle("PatchDropout: what the blocks see of a training image")
 print("wrote", save_figure(fig, args.out / "patch_dropout.png"))
 
 # %% [markdown]
-# ## 2. Train
+# ## 2. The training loop
+#
+# A step is five lines, each a piece of the lessons before: the ViT's
+# logits on a batch of augmented images (lesson 5), the cross-entropy with
+# label smoothing, ``backward()`` through every hand-written derivative
+# (lessons 1-4), the gradient's global norm clipped to at most 1, and an
+# AdamW step at the learning rate of a linear warm-up followed by a cosine
+# decay (Appendix B.1). Here is that loop, for a couple of hundred steps
+# of the recipe's model, written with tinyvit's pieces and nothing else.
+
+# %%
+from tinyvit import ViT
+from tinyvit.optim import AdamW, WarmupCosine, clip_grad_norm
+
+config = recipe("quick" if args.quick else "cpu", device=args.device)
+model = ViT(config.model_config(num_classes=10)).to(args.device)
+optimizer = AdamW(model, lr=config.lr, weight_decay=config.weight_decay)
+steps = 20 if args.quick else 200
+schedule = WarmupCosine(config.lr, steps, warmup_steps=steps // 4, min_lr=config.min_lr)
+batches = data.batches(dataset.x_train, dataset.y_train, config.batch_size,
+                       augment=config.augment, device=args.device)  # fmt: skip
+for step, (images, labels) in zip(range(steps), batches):
+    logits = model(images)  # (B, 10): Eq. 1-4 and the head
+    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()  # the gradient of every parameter
+    clip_grad_norm(model.parameters(), config.clip_grad)  # ||g|| <= 1
+    optimizer.set_lr(schedule(step))
+    optimizer.step()  # AdamW
+    if step % (steps // 5) == 0 or step == steps - 1:
+        print(f"step {step:>3}  loss {loss.item():.3f}  learning rate {schedule(step):.2e}")
+
+# %% [markdown]
+# ## 3. The real run
+#
+# A real run needs more around the same step: a test after every epoch, a
+# checkpoint after every epoch so that Ctrl-C (or a crash) loses nothing, a
+# length chosen to fit the time budget, the curves drawn as it goes, and
+# every random draw seeded by where the run is, so that a stopped and
+# resumed run ends with the very weights of one that never stopped.
+# ``Trainer`` is that loop with those additions (``tinyvit/train/``, one
+# concern a module); its step is ``tinyvit.loop.train_step``, the five lines
+# above.
 #
 # The trainer prints one line per epoch, keeps ``metrics.jsonl`` and
 # ``curves.png`` up to date, and writes a checkpoint after every epoch, so
@@ -95,8 +138,6 @@ print("wrote", save_figure(fig, args.out / "patch_dropout.png"))
 # of ``python -m tinyvit.train``), and once it is finished, reuses it.
 
 # %%
-recipe = RECIPES["quick" if args.quick else "cpu"]
-config = TrainConfig(**{**TrainConfig().__dict__, **recipe, "device": args.device})
 try:
     trainer = Trainer(config, dataset, args.out)
     history = trainer.fit(resume=True)
@@ -107,7 +148,7 @@ if trainer.step < trainer.total_steps:
 print("wrote", args.out / "curves.png")
 
 # %% [markdown]
-# ## 3. What it confuses
+# ## 4. What it confuses
 #
 # A confusion matrix counts, for every true class (rows), which class the
 # model predicted (columns). The diagonal is what it gets right. The big
@@ -138,8 +179,8 @@ ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
 for i in range(len(classes)):
     for j in range(len(classes)):
         if confusion[i, j]:
-            colour = "white" if shares[i, j] > 0.5 else "black"
-            ax.text(j, i, confusion[i, j], ha="center", va="center", fontsize=7, color=colour)
+            color = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(j, i, confusion[i, j], ha="center", va="center", fontsize=7, color=color)
 ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
 ax.set_yticks(range(len(classes)), classes)
 ax.set_xlabel("predicted class")

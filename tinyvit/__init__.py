@@ -4,6 +4,7 @@ The package follows the paper's data flow, low to high:
 
     backend     NumPy or CuPy, taken from the array itself
     checks      argument checks that name the argument, the range and the value
+    settings    settings declared once: a field with its range and its help
     files       files written atomically; folders checked before a run
     tensor      Tensor, the graph and backward()
     op_checks   the ops' arguments checked, for the reference and the kernels alike

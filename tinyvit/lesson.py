@@ -116,7 +116,7 @@ def trained_model(args, dataset, short_epochs: int = 3):
     finished, reused), so running the lesson again costs nothing.
     """
     from . import checkpoint
-    from .train import RECIPES, RunError, TrainConfig, Trainer
+    from .train import RunError, Trainer, recipe
 
     path = default_model(args)
     if path is not None:
@@ -127,17 +127,15 @@ def trained_model(args, dataset, short_epochs: int = 3):
             fail(str(error))
 
     if args.quick:
-        settings, folder = RECIPES["quick"], "quick_run"
+        config, folder = recipe("quick", device=args.device), "quick_run"
         what = "the quick recipe (seconds)"
     else:
-        settings = {**RECIPES["cpu"], "epochs": short_epochs, "time_budget": None}
-        folder = "short_run"
+        config, folder = recipe("cpu", epochs=short_epochs, device=args.device), "short_run"
         what = f"{short_epochs} epochs of lesson 6's recipe"
     print(
         f"no trained model: neither lesson 6's ({LESSON6_MODEL}; run "
         f"lessons/06_train_cifar10.py) nor the shipped one ({SHIPPED_MODEL}): training {what} now"
     )
-    config = TrainConfig(**{**TrainConfig().__dict__, **settings, "device": args.device})
     try:
         trainer = Trainer(config, dataset, Path(args.out) / folder)
         trainer.fit(resume=True)
