@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 from pathlib import Path
 
@@ -30,6 +31,46 @@ def test_readme_starts_with_two_commands():
 def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci
+
+
+def extra_requirements(name):
+    """An extra's requirements in setup.cfg, by package name."""
+    from packaging.requirements import Requirement
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    lines = config["options.extras_require"][name].splitlines()
+    return {r.name: r for r in map(Requirement, filter(None, lines))}
+
+
+def kept_on(requirement, sys_platform, platform_machine, python_version="3.11"):
+    """Whether pip installs ``requirement`` on that platform (its marker, evaluated there)."""
+    environment = dict(
+        sys_platform=sys_platform, platform_machine=platform_machine,
+        python_version=python_version, extra="",
+    )  # fmt: skip
+    return requirement.marker is None or requirement.marker.evaluate(environment)
+
+
+def test_the_test_command_installs_on_a_mac_and_on_windows():
+    """The test command names no package: the extras hold them, PyTorch and CuPy each
+    only where its pinned release has wheels, so that a Mac (no CuPy wheel at all, no
+    PyTorch 2.13 for Intel) installs what it can and skips the rest."""
+    command = readme_commands()[1]
+    assert 'pip install -e ".[test]" &&' in command
+    assert "torch" not in command and "cupy" not in command
+    test = extra_requirements("test")
+    torch, cupy = test["torch"], test["cupy-cuda12x"]
+    assert str(torch.specifier) == "==2.13.0" and str(cupy.specifier) == "==14.2.0"
+    for wheels in [("linux", "x86_64"), ("linux", "aarch64"), ("win32", "AMD64")]:
+        assert kept_on(torch, *wheels) and kept_on(cupy, *wheels)  # CI: Linux x86_64
+    assert kept_on(torch, "darwin", "arm64") and not kept_on(cupy, "darwin", "arm64")
+    for none in [("darwin", "x86_64"), ("win32", "ARM64")]:
+        assert not kept_on(torch, *none) and not kept_on(cupy, *none)
+    assert not kept_on(torch, "linux", "x86_64", "3.15")  # no cp315 wheels of either
+    assert not kept_on(cupy, "linux", "x86_64", "3.15")
+    gpu = extra_requirements("gpu")["cupy-cuda12x"]
+    assert kept_on(gpu, "linux", "x86_64") and not kept_on(gpu, "darwin", "arm64")
 
 
 def python_blocks():
