@@ -168,9 +168,9 @@ def mean(a, axis):
 
 
 def layer_norm(x, weight, bias, eps=1e-6):
-    centred = add(x, mul(mean(x, -1), -1.0))  # x - mean
-    variance = mean(mul(centred, centred), -1)  # biased, (..., 1)
-    return add(mul(mul(centred, power(add(variance, eps), -0.5)), weight), bias)
+    centered = add(x, mul(mean(x, -1), -1.0))  # x - mean
+    variance = mean(mul(centered, centered), -1)  # biased, (..., 1)
+    return add(mul(mul(centered, power(add(variance, eps), -0.5)), weight), bias)
 
 
 def softmax(x):
@@ -393,10 +393,10 @@ g = rng.standard_normal((1, D))
 eps = 1e-6
 x_node = Node(row_x)
 mu_node = mean(x_node, -1)
-centred = add(x_node, mul(mu_node, -1.0))
-s_node = mean(mul(centred, centred), -1)
+centered = add(x_node, mul(mu_node, -1.0))
+s_node = mean(mul(centered, centered), -1)
 r_node = power(add(s_node, eps), -0.5)
-xhat_node = mul(centred, r_node)
+xhat_node = mul(centered, r_node)
 y_node = add(mul(xhat_node, weight_), 0.0)
 sum_all(mul(y_node, g)).backward()
 

@@ -40,14 +40,14 @@ xp = backend.module_for(args.device)
 steps = np.logspace(-12, -1, 23 if args.quick else 89)
 exact = 1 - np.tanh(0.7) ** 2
 fig, ax = plt.subplots(figsize=(6.5, 4))
-for dtype, colour in ((np.float32, "C3"), (np.float64, "C0")):
+for dtype, color in ((np.float32, "C3"), (np.float64, "C0")):
     x0 = dtype(0.7)
     errors = []
     for h in steps:
         h = dtype(h)
         estimate = (np.tanh(x0 + h) - np.tanh(x0 - h)) / (dtype(2) * h)
         errors.append(max(abs(float(estimate) - exact), 1e-17))
-    ax.loglog(steps, errors, "o-", ms=3, color=colour, label=np.dtype(dtype).name)
+    ax.loglog(steps, errors, "o-", ms=3, color=color, label=np.dtype(dtype).name)
     best = int(np.argmin(errors))
     print(f"{np.dtype(dtype).name}: smallest error {errors[best]:.1e} at h = {steps[best]:.0e}")
 ax.axvline(1e-6, color="0.7", ls="--", lw=1)
@@ -129,8 +129,8 @@ labels.append("broken layer_norm: x")
 errors.append(broken.rows[0].max_abs_error)
 
 fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.2))
-colours = ["C0"] * (len(labels) - 1) + ["C3"]
-ax.barh(range(len(labels)), errors, color=colours)
+colors = ["C0"] * (len(labels) - 1) + ["C3"]
+ax.barh(range(len(labels)), errors, color=colors)
 ax.set_yticks(range(len(labels)), labels, fontsize=8)
 ax.invert_yaxis()
 ax.set_xscale("log")

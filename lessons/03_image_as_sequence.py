@@ -38,8 +38,8 @@ xp = backend.module_for(args.device)
 # %% [markdown]
 # ## 1. An image to cut
 #
-# A 64 x 64 picture in three colour channels, drawn with a few array
-# assignments: sky, grass, a sun and a house. Flat colours are on purpose:
+# A 64 x 64 picture in three color channels, drawn with a few array
+# assignments: sky, grass, a sun and a house. Flat colors are on purpose:
 # several patches will be pure sky or pure grass, and that will matter when
 # we get to the position embedding. With ``P = 16`` (the "16x16 words" of
 # the paper's title) the image splits into a 4 x 4 grid, ``N = 16`` patches.
@@ -53,7 +53,7 @@ xp = backend.module_for(args.device)
 # %%
 def draw_scene(size=64):
     """A (3, size, size) float32 picture: sky, grass, a sun and a house, values in [0, 1]."""
-    rows, cols = np.mgrid[0:size, 0:size] / size  # pixel centres, as fractions of the side
+    rows, cols = np.mgrid[0:size, 0:size] / size  # pixel centers, as fractions of the side
     image = np.empty((3, size, size), dtype=np.float32)
     image[:] = np.array([0.55, 0.75, 0.95], dtype=np.float32)[:, None, None]  # sky
     image[:, rows >= 0.75] = np.array([0.30, 0.65, 0.25], dtype=np.float32)[:, None]  # grass
@@ -294,11 +294,11 @@ print(f"tokens of z_0 that are identical: {identical_groups(z0_np)} (none: E_pos
 # The last figure shows the three matrices of Eq. 1, one row per token:
 # the patch embeddings, the position embedding, and their sum ``z_0`` with
 # the class token as row 0. The pure-sky rows of ``x_p E`` are identical
-# stripes; ``E_pos`` is what tells them apart. At initialisation it does so
-# only faintly (its colour scale is 25 times smaller: the rows of ``z_0``
+# stripes; ``E_pos`` is what tells them apart. At initialization it does so
+# only faintly (its color scale is 25 times smaller: the rows of ``z_0``
 # still look alike, but no two are equal), and training makes it count.
 # In a trained model the position embeddings of nearby patches become
-# similar to one another (the paper's Figure 7, centre): the model learns
+# similar to one another (the paper's Figure 7, center): the model learns
 # the 2-D layout of the patches that nobody told it about.
 
 # %%

@@ -42,7 +42,7 @@ xp = backend.module_for(args.device)
 # heads of ``D_h = 4``. The comparison runs in float64 so that "the same"
 # can mean "equal to 1e-15" rather than "equal to float32 rounding".
 #
-# A freshly initialised ViT draws its weights with a standard deviation of
+# A freshly initialized ViT draws its weights with a standard deviation of
 # 0.02, so small that every attention row is almost uniform: nothing to
 # see. Here the weights are drawn with a standard deviation of
 # ``1 / sqrt(D)`` and the tokens are unit-variance, like the output of a
@@ -158,9 +158,9 @@ for h, ax in enumerate(axes):
     shown = ax.imshow(A_show[h], cmap="viridis", vmin=0, vmax=1)
     for i in range(N):
         for j in range(N):
-            colour = "black" if A_show[h, i, j] > 0.6 else "white"
+            color = "black" if A_show[h, i, j] > 0.6 else "white"
             ax.text(
-                j, i, f"{A_show[h, i, j]:.2f}", ha="center", va="center", fontsize=6.5, color=colour
+                j, i, f"{A_show[h, i, j]:.2f}", ha="center", va="center", fontsize=6.5, color=color
             )
     ax.set_xticks(range(N), tokens, fontsize=8)
     ax.set_yticks(range(N), tokens, fontsize=8)
@@ -289,15 +289,15 @@ rows = {
 
 fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 3.9), constrained_layout=True)
 offsets = (-0.2, 0.2)
-for (name, row), offset, colour in zip(rows.items(), offsets, ("C3", "C0")):
-    left.bar(np.arange(keys) + offset, row, width=0.4, color=colour, label=name)
+for (name, row), offset, color in zip(rows.items(), offsets, ("C3", "C0")):
+    left.bar(np.arange(keys) + offset, row, width=0.4, color=color, label=name)
 left.set_xlabel("key")
 left.set_ylabel("attention weight")
 left.set_title("One query's attention over 16 keys (D_h = 64)")
 left.legend(frameon=False, fontsize=8)
-for scaled, colour, name in ((False, "C3", "unscaled"), (True, "C0", "scaled by 1/\u221aD_h")):
-    middle.semilogx(widths, curves[scaled][:, 0], "o-", color=colour, label=name, base=2)
-    right.semilogx(widths, curves[scaled][:, 1], "o-", color=colour, label=name, base=2)
+for scaled, color, name in ((False, "C3", "unscaled"), (True, "C0", "scaled by 1/\u221aD_h")):
+    middle.semilogx(widths, curves[scaled][:, 0], "o-", color=color, label=name, base=2)
+    right.semilogx(widths, curves[scaled][:, 1], "o-", color=color, label=name, base=2)
 middle.axhline(1 / keys, color="0.6", ls=":", lw=1)
 middle.text(1, 1 / keys + 0.02, "uniform: 1/16", color="0.4", fontsize=8)
 middle.set_ylim(0, 1.05)

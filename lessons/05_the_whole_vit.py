@@ -10,7 +10,7 @@
 #     Eq. 3   z_l  = MLP(LN(z'_l)) + z'_l                l = 1 ... L
 #     Eq. 4   y    = LN(z_L^0)
 #
-# and the logits are a linear layer on ``y``. Each block normalises first
+# and the logits are a linear layer on ``y``. Each block normalizes first
 # ("pre-norm", the paper's LN), then adds its result back to what came in
 # (the residual connection), so the sequence keeps its shape ``(N + 1, D)``
 # from the first block to the last. Only the class token's row, ``z_L^0``,
@@ -42,7 +42,7 @@ xp = backend.module_for(args.device)
 # images in patches of 4 x 4 (so ``N = 64``), width ``D = 96``, ``L = 6``
 # blocks of 3 heads, an MLP of 192, and 10 classes. The shapes do not care
 # what the pixels show, so the "images" are random numbers with the
-# statistics of normalised pixels.
+# statistics of normalized pixels.
 
 # %%
 manual_seed(0)
@@ -139,10 +139,10 @@ print(
 assert gap < 1e-5 and total == model.num_parameters()
 
 # %% [markdown]
-# Two details of Eq. 4. The model normalises every token and then keeps
+# Two details of Eq. 4. The model normalizes every token and then keeps
 # the class token's row (``forward_features`` returns all ``N + 1``
-# normalised tokens, which lesson 8 uses); the hand version takes the row
-# first and normalises only it. LayerNorm works on each token separately,
+# normalized tokens, which lesson 8 uses); the hand version takes the row
+# first and normalizes only it. LayerNorm works on each token separately,
 # so the two agree (to float32 rounding). And the class token never sees the image
 # directly: it starts as the same learned vector for every image and
 # gathers everything it knows through attention, block by block.
@@ -150,9 +150,9 @@ assert gap < 1e-5 and total == model.num_parameters()
 # ## 3. The residual stream
 #
 # Written out, Eq. 2-3 say ``z_L = z_0 + (what block 1 adds) + ... + (what
-# block L adds)``: each block reads a normalised copy of the sequence and
+# block L adds)``: each block reads a normalized copy of the sequence and
 # adds an *update* to it; nothing ever overwrites the stream. With the
-# 0.02-standard-deviation initialisation the updates start small next to
+# 0.02-standard-deviation initialization the updates start small next to
 # the stream (the figure). The attention's are tiny: its rows are still
 # nearly uniform (lesson 4), so every token receives about the same average
 # of the value vectors. So an untrained ViT is close to the identity plus
@@ -171,7 +171,7 @@ ax.set_xticks(blocks)
 ax.set_xlabel("encoder block l")
 ax.set_ylabel("update size, % of the stream's size")
 ax.set_title(
-    "What each block adds to the residual stream, at initialisation\n"
+    "What each block adds to the residual stream, at initialization\n"
     "(mean token-vector lengths; untrained vit_cifar_tiny)"
 )
 ax.set_ylim(0, 100 * ratios.max() * 1.35)
@@ -295,7 +295,7 @@ if not args.quick:
 models = ["vit_cifar_tiny", "DeiT-Ti", "ViT-B/16", "ViT-L/16", "ViT-H/14"]
 breakdowns = {name: parameters_by_component(**config(name)) for name in models}
 components = list(counted)
-colours = ["C1", "C4", "C0", "C2", "C7", "C3"]
+colors = ["C1", "C4", "C0", "C2", "C7", "C3"]
 
 fig, (left, right) = plt.subplots(
     1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1.6]}, constrained_layout=True
@@ -317,9 +317,9 @@ left.set_title("Model size")
 left.legend(frameon=False, fontsize=8, loc="upper right")
 
 start = np.zeros(len(models))
-for component, colour in zip(components, colours):
+for component, color in zip(components, colors):
     share = np.array([100 * breakdowns[m][component] / t for m, t in zip(models, totals)])
-    right.barh(positions, share, left=start, color=colour, label=component)
+    right.barh(positions, share, left=start, color=color, label=component)
     for i, value in enumerate(share):
         if value > 6:
             right.text(

@@ -13,7 +13,7 @@
 # learning-rate warm-up followed by a cosine decay, gradient clipping at
 # norm 1, and label smoothing. ViTs have none of a CNN's built-in
 # assumptions about images (Section 3.1, "Inductive bias"), so on 50,000
-# images they need augmentation to generalise. In a half-hour run the model
+# images they need augmentation to generalize. In a half-hour run the model
 # is still learning when it stops, so the recipe uses only horizontal flips;
 # random crops, RandAugment and mixup pay off in long runs (the GPU recipe).
 # Four more choices, each measured in a search of short runs

@@ -100,7 +100,7 @@ for name, picked in (("right", sure_right), ("wrong", sure_wrong)):
 
 # %%
 def attention_of(indices):
-    """Normalised test images -> (logits, attentions), the way the model saw them in training."""
+    """Normalized test images -> (logits, attentions), the way the model saw them in training."""
     images = data.normalize(backend.to_device(x_test[indices], args.device))  # (B, 3, 32, 32)
     return viz.attend(model, images)
 
@@ -190,7 +190,7 @@ for name, picked in (("right", sure_right), ("wrong", sure_wrong)):
 
 
 # %%
-def centre_share(maps):
+def center_share(maps):
     """Mean share of each (B, g, g) map's total that falls on the central quarter."""
     maps = backend.to_numpy(maps)
     lo, hi = grid // 4, grid - grid // 4
@@ -205,8 +205,8 @@ print(f"share of the rollout on the central {central:.0f}% of the patches:")
 for fusion, maps in rollouts.items():
     mask = predictions[sample] == y_test[sample]
     print(
-        f"  heads fused by {fusion:<4}: {centre_share(maps):.0%} over {len(sample)} images "
-        f"({centre_share(maps[mask]):.0%} where right, {centre_share(maps[~mask]):.0%} "
+        f"  heads fused by {fusion:<4}: {center_share(maps):.0%} over {len(sample)} images "
+        f"({center_share(maps[mask]):.0%} where right, {center_share(maps[~mask]):.0%} "
         "where wrong)"
     )
 

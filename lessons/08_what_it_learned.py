@@ -7,7 +7,7 @@
 # * **left**, the first stage: the patch embedding ``E`` of Eq. 1, a linear
 #   filter bank; its principal components look like the basis functions
 #   an image coder would use for the fine structure inside a patch;
-# * **centre**, the position embeddings ``E_pos``: nobody told the model
+# * **center**, the position embeddings ``E_pos``: nobody told the model
 #   that patches lie on a 2-D grid, yet it learns it;
 # * **right**, the attention: how far each head looks, layer by layer, the
 #   ViT's answer to a CNN's growing receptive field.
@@ -49,16 +49,16 @@ print(f"the model: {P}x{P}-pixel patches on a {grid}x{grid} grid, width {D}")
 # shape, ``(D, 3, P, P)``). Looking at ``D`` filters one by one is hard, so
 # the paper looks at their principal components: the directions, in the
 # space of ``P x P x 3`` patches, along which the filters vary most
-# (``viz.embedding_filter_components``: centre the filters, take an SVD).
-# Each component is shown as a small colour image, rescaled to [0, 1].
+# (``viz.embedding_filter_components``: center the filters, take an SVD).
+# Each component is shown as a small color image, rescaled to [0, 1].
 #
 # The paper finds (for ViT-L/32, on 32x32-pixel patches) components that
 # "resemble plausible basis functions for a low-dimensional representation
-# of the fine structure within each patch": smooth colour blobs, then
+# of the fine structure within each patch": smooth color blobs, then
 # gradients and stripes of rising frequency, as in the DCT basis of JPEG.
 # Our patches are tiny (``P`` of 4 pixels on CIFAR-10, 8 in the quick
-# run), so expect the same family in coarse form: a few colour and
-# brightness components first (light versus dark, one colour versus
+# run), so expect the same family in coarse form: a few color and
+# brightness components first (light versus dark, one color versus
 # another), then gradients across the patch, and noise-like components
 # after that. An untrained ``E`` is random: its variance is spread evenly
 # over all directions and its components are all noise. The printed shares
@@ -91,9 +91,9 @@ print("wrote", viz.plot_embedding_filters(model, args.out / "embedding_filters.p
 # embeddings", and patches in the same row or column are alike ("row-column
 # structure"). So the 2-D layout of the image is learned from data; that is
 # why the hand-designed 2-D embeddings of Appendix D.4 gain nothing. At
-# initialisation the vectors are random and nearly orthogonal: every tile
+# initialization the vectors are random and nearly orthogonal: every tile
 # is flat except for its own pixel, and the printed similarities are about
-# zero. After training, neighbouring positions come out clearly more
+# zero. After training, neighboring positions come out clearly more
 # similar than distant ones. A small model trained briefly on CIFAR-10 may
 # also show a coarser pattern beside the local one: central positions
 # alike, border positions alike (CIFAR-10 photos put the object in the
@@ -107,7 +107,7 @@ far = distance >= grid / 2
 for name, m in (("trained", model), ("untrained", untrained)):
     sim = backend.to_numpy(viz.position_similarity(m.pos_embed)).reshape(grid**2, grid**2)
     print(
-        f"{name:>9}: mean cosine similarity of neighbouring positions {sim[near].mean():+.2f}, "
+        f"{name:>9}: mean cosine similarity of neighboring positions {sim[near].mean():+.2f}, "
         f"of positions {grid // 2}+ patches apart {sim[far].mean():+.2f}"
     )
 print("wrote", viz.plot_position_similarity(model, args.out / "position_similarity.png"))
@@ -121,7 +121,7 @@ print("wrote", viz.plot_position_similarity(model, args.out / "position_similari
 # *mean attention distance*: for each query patch, the distance in pixels
 # to every other patch weighted by the attention it gives it, averaged over
 # query patches and over images (``viz.mean_attention_distance``; the class
-# token is left out and each row renormalised over the patches).
+# token is left out and each row renormalized over the patches).
 #
 # Two reference points: a head that looks only at its own patch scores 0; a
 # head that spreads its attention evenly over the image scores the mean

@@ -71,7 +71,7 @@ print(f"pre-trained model: {model.num_parameters():,} parameters, {model.image_s
 # %% [markdown]
 # ## 1. The downstream task
 #
-# Five of CIFAR-10's classes, relabelled 0-4. The checkpoint was trained
+# Five of CIFAR-10's classes, relabeled 0-4. The checkpoint was trained
 # on all ten, so it already has an answer: restrict its ten logits to these
 # five and take the largest. That is the baseline, "the unchanged model at
 # its own resolution".
@@ -114,7 +114,7 @@ print(f"unchanged model at {model.image_size} x {model.image_size}: {100 * basel
 # without downloading anything, we write our checkpoint in that layout
 # (``tinyvit.interop.to_official``) and read it back with
 # ``tinyvit.interop.load_official``, asking for 5 classes at the new
-# resolution: the loader removes the head, attaches a zero-initialised one
+# resolution: the loader removes the head, attaches a zero-initialized one
 # and resamples the position embeddings. (The official models use the tanh
 # form of GELU; ours uses the exact one, so we say so. Nor does the layout
 # record what the head reads: the class token, or, in our default model, the
@@ -141,7 +141,7 @@ print(f"new head: {tuned.head.weight.shape}, all zero: {bool((tuned.head.weight.
 #
 # Each tile below is one patch position; inside it, the cosine similarity
 # of that position's embedding with every other position's (the paper's
-# Figure 7, centre). A trained ViT learns embeddings that resemble those of
+# Figure 7, center). A trained ViT learns embeddings that resemble those of
 # nearby positions, the same row and the same column. Bicubic
 # interpolation of the grid keeps that structure on the larger grid, which
 # is why the model still works at the new resolution before any training:
@@ -156,7 +156,7 @@ print(f"unchanged weights, embeddings resampled to {size} x {size}: {100 * at_ne
 
 fig = plt.figure(figsize=(11, 5.4), layout="constrained")
 for panel, net, label in zip(fig.subfigures(1, 2), (model, tuned), ("pre-trained", "resampled")):
-    draw_position_similarity(panel, net)  # the paper's Figure 7, centre (tinyvit.viz)
+    draw_position_similarity(panel, net)  # the paper's Figure 7, center (tinyvit.viz)
     g = net.patch_embed.grid
     panel.suptitle(f"{label}: {g} x {g} positions, {net.image_size} x {net.image_size} pixels")
 fig.suptitle("Position embeddings before and after 2-D interpolation (paper Section 3.2)")
@@ -187,12 +187,12 @@ scratch = finetune(scratch_model, x_train, y_train, x_test, y_test, steps, lr=1e
 
 # %%
 fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
-for history, label, colour in ((fine_tuned, "fine-tuned from the checkpoint", "C0"),
+for history, label, color in ((fine_tuned, "fine-tuned from the checkpoint", "C0"),
                                (scratch, "from scratch", "C3")):  # fmt: skip
     seen = [r["step"] for r in history]
-    acc_ax.plot(seen, [100 * r["test_acc"] for r in history], "o-", ms=3, color=colour,
+    acc_ax.plot(seen, [100 * r["test_acc"] for r in history], "o-", ms=3, color=color,
                 label=f"{label} ({size} x {size})")  # fmt: skip
-    loss_ax.plot(seen, [r["train_loss"] for r in history], "o-", ms=3, color=colour, label=label)
+    loss_ax.plot(seen, [r["train_loss"] for r in history], "o-", ms=3, color=color, label=label)
 acc_ax.axhline(100 * baseline, color="0.3", ls="--", lw=1,
                label=f"unchanged model ({model.image_size} x {model.image_size})")  # fmt: skip
 acc_ax.axhline(100 * at_new_size, color="0.6", ls=":", lw=1.5,
@@ -228,7 +228,7 @@ for label, value in (
 #   resampled model should already be well above chance, if below the
 #   unchanged model (every object now spans 1.5 times as many patches as
 #   in training).
-# * With a fresh, zero-initialised head and a few hundred steps the
+# * With a fresh, zero-initialized head and a few hundred steps the
 #   fine-tuned model beats the same architecture trained from scratch for
 #   the same steps by a wide margin: most of what it needs was learned
 #   before. That is the economics of the paper: pre-train once, at great

@@ -22,10 +22,10 @@
 # pre-training helped:
 #
 # * **fine-tuning accuracy**: pre-train, attach a head, train on labels;
-#   compare with training from scratch, for the same labelled steps and for
+#   compare with training from scratch, for the same labeled steps and for
 #   the same total steps;
 # * **few-shot accuracy** of the frozen features (Section 4.1): a linear
-#   least-squares probe fitted on 1, 5 or 10 labelled images per class.
+#   least-squares probe fitted on 1, 5 or 10 labeled images per class.
 #
 # Run: ``python lessons/10_masked_patch_prediction.py [--out DIR] [--quick]
 # [--device cuda] [--data-dir PATH] [--pretrain-steps 1500] [--finetune-steps
@@ -203,11 +203,11 @@ print("wrote", save_figure(fig, args.out / "mpp_examples.png"))
 # %% [markdown]
 # ## 4. Fine-tune on the labels, and train from scratch
 #
-# The pre-trained ViT gets a zero-initialised 10-class head
+# The pre-trained ViT gets a zero-initialized 10-class head
 # (``for_finetuning(..., new_head=True)``, lesson 9's recipe) and is
-# fine-tuned on the labelled images. Two runs from the same random initialisation, without
-# pre-training, are the controls: one with as many labelled steps as the
-# fine-tuning (did the pre-training help the labelled phase?), one with as
+# fine-tuned on the labeled images. Two runs from the same random initialization, without
+# pre-training, are the controls: one with as many labeled steps as the
+# fine-tuning (did the pre-training help the labeled phase?), one with as
 # many steps as pre-training and fine-tuning together (was the pre-training
 # worth its compute?). All three use the same recipe.
 
@@ -218,7 +218,7 @@ tuned_history = finetune(tuned, x_train, y_train, x_test, y_test, finetune_steps
                          name="fine-tune after MPP", **recipe)  # fmt: skip
 scratch_short = fresh_vit()
 short_history = finetune(scratch_short, x_train, y_train, x_test, y_test, finetune_steps,
-                         name="scratch, same labelled steps", **recipe)  # fmt: skip
+                         name="scratch, same labeled steps", **recipe)  # fmt: skip
 scratch_long = fresh_vit()
 total = pretrain_steps + finetune_steps
 long_history = finetune(scratch_long, x_train, y_train, x_test, y_test, total,
@@ -231,9 +231,9 @@ long_history = finetune(scratch_long, x_train, y_train, x_test, y_test, total,
 # LayerNorm) of each model, frozen, is fed to a least-squares probe fitted
 # on 1, 5 or 10 training images per class (``tinyvit.fewshot``), and tested
 # on held-out images; each probe is averaged over 5 draws of its training
-# images. The randomly initialised ViT is the floor. Note that the
+# images. The randomly initialized ViT is the floor. Note that the
 # masked-patch loss only ever looks at the *patch* tokens' outputs: nothing
-# asks the class token to summarise the image. The average of the patch
+# asks the class token to summarize the image. The average of the patch
 # tokens is therefore probed for the pre-trained model as well. Beside them,
 # when one is at hand, the model of the default CPU run (lesson 6's, or the
 # one shipped in ``lessons/models/``): *supervised* pre-training, the paper's
@@ -295,8 +295,8 @@ print("wrote", save_figure(fig, args.out / "comparison.png"))
 # ## 6. Reading the comparison
 #
 # Two differences answer two questions: fine-tuning after pre-training
-# against scratch with the *same labelled steps* says whether pre-training
-# gave the labelled phase a head start; against scratch with the *same
+# against scratch with the *same labeled steps* says whether pre-training
+# gave the labeled phase a head start; against scratch with the *same
 # total steps* it says whether the pre-training was worth its compute. The
 # few-shot probes say what the frozen features know before any label is
 # used for training: compare the pre-trained model with the random one.
@@ -304,7 +304,7 @@ print("wrote", save_figure(fig, args.out / "comparison.png"))
 # %%
 acc = {name: h[-1]["test_acc"] for name, h in
        (("tuned", tuned_history), ("short", short_history), ("long", long_history))}  # fmt: skip
-print(f"fine-tuning after MPP vs scratch, same labelled steps: "
+print(f"fine-tuning after MPP vs scratch, same labeled steps: "
       f"{100 * (acc['tuned'] - acc['short']):+.1f} points")  # fmt: skip
 print(f"fine-tuning after MPP vs scratch, same total steps:    "
       f"{100 * (acc['tuned'] - acc['long']):+.1f} points")  # fmt: skip

@@ -75,7 +75,7 @@ ones CuPy marks "synchronize!": boolean-mask indexing, ``nonzero``,
 ``device_to_host`` counts the copies in those (a mask's count is one);
 ``host_to_device`` counts ``asarray``/``array`` of host data, host index
 arrays, host values in ``a[i] = v`` or ``scatter_add``, and ``ndarray.set``.
-Inside ``cupyx.allow_synchronize(False)`` a synchronisation raises the real
+Inside ``cupyx.allow_synchronize(False)`` a synchronization raises the real
 ``cupyx.DeviceSynchronized``, as CuPy's ``syncdetect`` does.
 
 ``nudge_ulps(k)`` models CUDA's float32 maths library, which the CUDA C
@@ -576,7 +576,7 @@ class ndarray:
     """A CuPy array that lives in host memory: CuPy's interface, NumPy's values.
 
     ``ndarray(shape, dtype=float, memptr=None, strides=None, order='C')``
-    allocates uninitialised memory, as ``cupy.ndarray`` does; the stand-in has
+    allocates uninitialized memory, as ``cupy.ndarray`` does; the stand-in has
     no device pointers, so ``memptr`` and ``strides`` are refused.
     """
 
@@ -631,7 +631,7 @@ class ndarray:
     def device(self):
         return _cuda_namespace().Device(0)
 
-    # -- conversion: every way to the host is a synchronising copy -------------
+    # -- conversion: every way to the host is a synchronizing copy -------------
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(
@@ -1158,7 +1158,7 @@ _SPECIAL_FUNCTIONS = {
 
 
 def _matmul_function(real):
-    """``cupy.matmul`` (a generalised ufunc in CuPy): device operands only, one cuBLAS call."""
+    """``cupy.matmul`` (a generalized ufunc in CuPy): device operands only, one cuBLAS call."""
     sig = signature_of(real)
 
     def matmul(*args, **kwargs):
@@ -1184,7 +1184,7 @@ _CREATION = {"zeros", "ones", "full", "arange", "eye", "identity", "linspace", "
 _CREATION |= {"zeros_like", "ones_like", "full_like"}
 _EMPTY = {"empty", "empty_like"}
 # The size of the result comes back to the host before the result is made.
-_SYNCHRONISING = {"nonzero", "argwhere", "flatnonzero", "compress", "unique", "extract"}
+_SYNCHRONIZING = {"nonzero", "argwhere", "flatnonzero", "compress", "unique", "extract"}
 # CuPy returns a 0-d device array where NumPy returns a Python bool.
 _BOOLEAN_RESULTS = {"allclose", "array_equal", "array_equiv"}
 # These print or save a host copy (``numpy.array2string(a.get())`` and so on).
@@ -1214,7 +1214,7 @@ def _generic_function(qualname, real, numpy_function):
         host_args = _unwrap(args, where)
         host_kwargs = {k: _unwrap(v, where) for k, v in kwargs.items()}
         sources = _arrays_in((args, kwargs))
-        if name in _SYNCHRONISING or (name == "where" and len(args) + len(kwargs) == 1):
+        if name in _SYNCHRONIZING or (name == "where" and len(args) + len(kwargs) == 1):
             _count(launches=1)
             _sync_copy()
         if name in _TO_HOST and sources:
@@ -1401,7 +1401,7 @@ def _random_namespace(real):
 
 
 # ---------------------------------------------------------------------------
-# cupy.cuda: one device, streams that synchronise
+# cupy.cuda: one device, streams that synchronize
 # ---------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ set to what follows). Options before the script:
 ``--nudge-ulps K``
     move float32 transcendental results by K ulp (CUDA's documented error);
 ``--counts``
-    print the estimated kernel launches, synchronisations and copies of the
+    print the estimated kernel launches, synchronizations and copies of the
     whole run to stderr at the end.
 """
 

@@ -148,7 +148,7 @@ def test_geometric_ops_move_pixels_where_they_say(xp):
     assert np.array_equal(right[..., 3:], host(x)[..., :-3]) and (right[..., :3] == 9).all()
     up = host(D.translate_y(x, -2))
     assert np.array_equal(up[:, :, :-2], host(x)[:, :, 2:]) and (up[:, :, -2:] == 0).all()
-    sheared = host(D.shear_x(x, 0.25))  # the row 4 below the centre row moves 1 pixel right
+    sheared = host(D.shear_x(x, 0.25))  # the row 4 below the center row moves 1 pixel right
     assert np.array_equal(sheared[:, :, 20, 1:], host(x)[:, :, 20, :-1])
     per_image = host(D.translate_x(x, np.arange(8)))  # one shift per image
     assert all(np.array_equal(per_image[b, ..., b:], host(x)[b, ..., : 32 - b]) for b in range(8))

@@ -12,11 +12,11 @@ from tinyvit.fewshot import features, fewshot_accuracy, fit_probe, pm1_targets, 
 
 
 def blobs(per_class, num_classes=4, dim=6, spread=0.3, seed=0):
-    """Points around ``num_classes`` far-apart centres (the same for every seed): separable."""
-    centres = np.random.default_rng(99).standard_normal((num_classes, dim)) * 5
+    """Points around ``num_classes`` far-apart centers (the same for every seed): separable."""
+    centers = np.random.default_rng(99).standard_normal((num_classes, dim)) * 5
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(num_classes), per_class)
-    x = centres[labels] + spread * rng.standard_normal((len(labels), dim))
+    x = centers[labels] + spread * rng.standard_normal((len(labels), dim))
     return x.astype(np.float32), labels
 
 
@@ -24,7 +24,7 @@ def test_targets_are_plus_and_minus_one():
     np.testing.assert_array_equal(pm1_targets([2, 0], 3), [[-1, -1, 1], [1, -1, -1]])
 
 
-def test_the_closed_form_solves_the_regularised_normal_equations(xp):
+def test_the_closed_form_solves_the_regularized_normal_equations(xp):
     x, y = blobs(5, seed=1)
     l2 = 0.7
     probe = fit_probe(xp.asarray(x), y, 4, l2=l2, standardize=False)
@@ -36,7 +36,7 @@ def test_the_closed_form_solves_the_regularised_normal_equations(xp):
     np.testing.assert_allclose(backend.to_numpy(probe.bias), theta[-1], rtol=1e-9, atol=1e-9)
 
 
-def test_without_regularisation_it_is_ordinary_least_squares():
+def test_without_regularization_it_is_ordinary_least_squares():
     x, y = blobs(20, seed=2)  # 80 examples, 6 dimensions: a unique solution
     probe = fit_probe(x, y, 4, l2=0.0, standardize=True)
     mean, std = x.astype(np.float64).mean(0), x.astype(np.float64).std(0) + 1e-6
@@ -46,12 +46,12 @@ def test_without_regularisation_it_is_ordinary_least_squares():
     np.testing.assert_allclose(probe.bias, theta[-1], rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(
         probe.scores(x), a @ theta, rtol=1e-7, atol=1e-8
-    )  # standardised with the fitted statistics
+    )  # standardized with the fitted statistics
 
 
 def test_separable_data_is_classified_perfectly():
     x, y = blobs(60, seed=3)
-    test_x, test_y = blobs(25, seed=13)  # new points around the same centres
+    test_x, test_y = blobs(25, seed=13)  # new points around the same centers
     results = fewshot_accuracy(x, y, test_x, test_y, shots=(1, 5, 10), trials=3)
     assert results == {1: 1.0, 5: 1.0, 10: 1.0}
     probe = fit_probe(x, y, 4)

@@ -1,4 +1,4 @@
-"""A training step shaped for a GPU: few kernel launches, one synchronisation, two copies.
+"""A training step shaped for a GPU: few kernel launches, one synchronization, two copies.
 
 On a GPU every whole-array operation is a kernel launch of some microseconds
 of the host's time, every value read back makes the host wait for the device,
@@ -72,7 +72,7 @@ def count_steps(trainer, steps=2):
 
 def test_a_vit_lite_step_takes_under_1000_launches_and_one_sync(tmp_path):
     """Forward, loss, backward, clipping, AdamW and the count of right answers: about 930
-    launches (from about 2,600) and one synchronisation (from 5), the same at any batch
+    launches (from about 2,600) and one synchronization (from 5), the same at any batch
     size (the count of launches does not depend on the size of the arrays)."""
     standin()
     per_size = {}
@@ -102,14 +102,14 @@ def test_dropout_and_every_option_stay_on_the_device(tmp_path):
 
 
 def test_an_augmented_batch_of_the_gpu_recipe_is_two_copies_and_under_200_launches():
-    """RandAugment (two rounds of one op per image), crop, flip and normalisation for
+    """RandAugment (two rounds of one op per image), crop, flip and normalization for
     128 images: the images and the labels with every drawn parameter are the two copies
     from the host (from about 65), about 190 launches (from about 640), no waiting."""
     standin()
     x = np.random.default_rng(0).integers(0, 256, (256, 3, 32, 32), dtype=np.uint8)
     y = np.arange(256) % 10
     batches = data.batches(x, y, 128, augment="randaugment", device="cuda", seed=4)
-    next(batches)  # the first batch also makes the normalisation's constants
+    next(batches)  # the first batch also makes the normalization's constants
     with cupy_standin.counting() as c:
         images, labels = next(batches)
     assert c.launches <= BATCH_LAUNCHES and c.host_to_device <= BATCH_COPIES, c

@@ -19,7 +19,7 @@ def softmax_with_zero_backward(x):
     return Tensor.from_op(y, (x,), lambda g: (g * 0.0,))
 
 
-def softmax_missing_the_normaliser_term(x):
+def softmax_missing_the_normalizer_term(x):
     """Backward forgets ``- y * sum(g * y)``: the path through the denominator."""
     y = F.softmax(x).data
     return Tensor.from_op(y, (x,), lambda g: (g * y,))
@@ -56,7 +56,7 @@ def attention_without_softmax_jacobian(q, k, v):
 
 BROKEN = [
     ("zero softmax backward", softmax_with_zero_backward, 1),
-    ("softmax without the normaliser term", softmax_missing_the_normaliser_term, 1),
+    ("softmax without the normalizer term", softmax_missing_the_normalizer_term, 1),
     ("gelu with a flipped sign", gelu_with_flipped_sign, 1),
     ("layer_norm without the variance term", layer_norm_missing_the_variance_term, 1),
     ("attention without the softmax Jacobian", attention_without_softmax_jacobian, 3),

@@ -35,7 +35,7 @@ def imports_at_module_level(path: Path) -> set[str]:
             continue
         base = package[: len(package) - (node.level - 1)]  # where the dots lead
         if node.module:
-            found.add(((*base, *node.module.split("."))[0]))
+            found.add((*base, *node.module.split("."))[0])
         elif base:
             found.add(base[0])
         else:

@@ -1,5 +1,5 @@
 """Modules: parameter discovery and names, state dicts and their errors, modes,
-devices and dtypes, initialisation, and each layer's gradients."""
+devices and dtypes, initialization, and each layer's gradients."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def test_zero_grad():
     assert all(p.grad is None for p in layer.parameters())
 
 
-def test_initialisation_is_timm_like():
+def test_initialization_is_timm_like():
     manual_seed(0)
     layer = nn.Linear(400, 300)
     w = layer.weight.data

@@ -161,7 +161,7 @@ def test_predictions_only_for_the_corrupted_patches():
     np.testing.assert_array_equal(targets, patch_color_classes(raw, 4)[c.corrupted])
     loss = model.loss(raw, c)
     assert loss.dtype == np.float32
-    assert abs(loss.item() - np.log(512)) < 0.5  # near chance at initialisation
+    assert abs(loss.item() - np.log(512)) < 0.5  # near chance at initialization
     names = [name for name, _ in model.named_parameters()]
     assert names[-3:] == ["mask_token", "head.weight", "head.bias"]
     assert names[0] == "vit.cls_token"
@@ -241,7 +241,7 @@ def test_bad_input_is_named():
 def test_pretraining_learns_and_is_seeded():
     rng = np.random.default_rng(6)
     colors = rng.choice([16, 112, 208], size=(64, 3, 1, 1))  # one flat color per image:
-    images = (colors + rng.integers(0, 16, (64, 3, 8, 8))).astype(np.uint8)  # neighbours tell
+    images = (colors + rng.integers(0, 16, (64, 3, 8, 8))).astype(np.uint8)  # neighbors tell
     runs = []
     for _ in range(2):
         model = small_mpp(dtype=np.float32)

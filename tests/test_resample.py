@@ -19,11 +19,11 @@ def test_resampling_to_the_same_grid_changes_nothing(mode):
 
 
 def test_bilinear_reproduces_a_linear_ramp_inside():
-    ramp = np.arange(6.0)  # samples at pixel centres 0..5
+    ramp = np.arange(6.0)  # samples at pixel centers 0..5
     up = interpolation_matrix(6, 12, "bilinear") @ ramp
-    centres = (np.arange(12) + 0.5) * 0.5 - 0.5
-    inside = (centres >= 0) & (centres <= 5)
-    np.testing.assert_allclose(up[inside], centres[inside])
+    centers = (np.arange(12) + 0.5) * 0.5 - 0.5
+    inside = (centers >= 0) & (centers <= 5)
+    np.testing.assert_allclose(up[inside], centers[inside])
 
 
 def test_nearest_repeats_each_sample_for_a_whole_factor():

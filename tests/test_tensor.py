@@ -216,7 +216,7 @@ def test_leaf_gradients_never_share_memory(xp):
     b = Tensor(xp.ones(3), requires_grad=True)
     (a + b).backward(xp.ones(3))
     assert a.grad is not b.grad
-    a.grad *= 10  # an optimiser may scale gradients in place
+    a.grad *= 10  # an optimizer may scale gradients in place
     np.testing.assert_array_equal(to_numpy(b.grad), [1.0, 1.0, 1.0])
 
 

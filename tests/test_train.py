@@ -23,7 +23,7 @@ TINY = dict(patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32)
 
 
 def synthetic_cifar(n_train=256, n_test=64, classes=4, seed=0):
-    """Images whose class is a fixed coloured pattern under noise: learnable in a few steps."""
+    """Images whose class is a fixed colored pattern under noise: learnable in a few steps."""
     rng = np.random.default_rng(seed)
     templates = rng.integers(0, 256, (classes, 3, 32, 32))
 

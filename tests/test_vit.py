@@ -161,7 +161,7 @@ def test_state_dict_uses_timm_names_and_shapes():
     assert {k: v.shape for k, v in sd.items()} == expected
 
 
-def test_initialisation():
+def test_initialization():
     manual_seed(0)
     model = create("vit_cifar_tiny")
     assert abs(model.pos_embed.data.std() - 0.02 * 0.8796) < 0.001
@@ -252,9 +252,9 @@ def test_wrong_images_are_named(shape, words):
 
 def test_integer_images_are_refused():
     images = np.zeros((1, 3, 8, 8), dtype=np.uint8)
-    with pytest.raises(TypeError, match="uint8.*normalise"):
+    with pytest.raises(TypeError, match="uint8.*normalize"):
         small_vit()(images)
-    with pytest.raises(TypeError, match="a Tensor of uint8.*normalise"):
+    with pytest.raises(TypeError, match="a Tensor of uint8.*normalize"):
         small_vit()(Tensor(images))  # wrapped, the same images are refused the same way
 
 

@@ -59,7 +59,7 @@ def test_rollout_mean_fusion_by_hand(xp):
     #   row 0:  [0.8, 0.05, 0.05, 0.05, 0.05]
     #   row 1:  [0.3, 0.55, 0.05, 0.05, 0.05]      (and likewise rows 2-4)
     # Layer 2 (image 0), mean: row 0 is [0.5, 0.5, 0, 0, 0], rows 1-4 are e_i.
-    # Adding I and renormalising: row 0 = [1.5, 0.5, 0, 0, 0] / 2 = [0.75, 0.25, 0, 0, 0];
+    # Adding I and renormalizing: row 0 = [1.5, 0.5, 0, 0, 0] / 2 = [0.75, 0.25, 0, 0, 0];
     # rows 1-4 stay e_i. So R[0] = 0.75 * Â1[0] + 0.25 * Â1[1]
     #   = [0.6 + 0.075, 0.0375 + 0.1375, 0.05, 0.05, 0.05] = [0.675, 0.175, 0.05, 0.05, 0.05].
     R0 = [0.675, 0.175, 0.05, 0.05, 0.05]
@@ -91,7 +91,7 @@ def test_rollout_max_fusion_by_hand(xp):
 
 
 def test_rollout_min_fusion_by_hand(xp):
-    # Layer 1, min of the heads: every row is [0.2, 0, 0, 0, 0]. Plus I and renormalised:
+    # Layer 1, min of the heads: every row is [0.2, 0, 0, 0, 0]. Plus I and renormalized:
     # row 0 = e_0; row i = [0.2 e_0 + e_i] / 1.2 = 1/6 e_0 + 5/6 e_i.
     # Layer 2, min: row 0 = min(e_0, e_1) = 0, rows 1-4 = e_i; plus I: the identity.
     # So R = Â1, and the class token has taken nothing from any patch.
@@ -183,9 +183,9 @@ def test_uniform_attention_distance_matches_its_closed_form(xp):
     assert closed_form_uniform_distance(2, 8) == pytest.approx((2 * 8 + 8 * math.sqrt(2)) / 4)
 
 
-def test_attention_distance_drops_the_class_token_and_renormalises(xp):
+def test_attention_distance_drops_the_class_token_and_renormalizes(xp):
     # Half of every row on the class token, the other half even over the patches: the
-    # patch part is uniform once renormalised, so the distance is the uniform one.
+    # patch part is uniform once renormalized, so the distance is the uniform one.
     a = np.full((1, 1, 65, 65), 0.5 / 64)
     a[..., 0] = 0.5
     got = to_numpy(viz.mean_attention_distance([xp.asarray(a)], patch_size=4))
@@ -251,11 +251,11 @@ def test_attend_returns_logits_and_every_layers_attention(rng):
 def test_embedding_filter_components_find_the_main_directions(xp, rng):
     # 40 filters of 3 x 4 x 4 numbers that vary mostly along u, a little along v.
     u, v = np.linalg.qr(rng.standard_normal((48, 2)))[0].T
-    # Centred, uncorrelated coefficients with spreads 5 and 1: the principal directions
+    # Centered, uncorrelated coefficients with spreads 5 and 1: the principal directions
     # are then exactly u and v, with 25/26 and 1/26 of the variance.
     c = rng.standard_normal((40, 2))
     coeff = np.linalg.qr(c - c.mean(axis=0))[0] * [5.0, 1.0]
-    filters = coeff @ np.stack([u, v]) + 0.3  # the shared offset is centred away
+    filters = coeff @ np.stack([u, v]) + 0.3  # the shared offset is centered away
     weight = xp.asarray(filters.reshape(40, 3, 4, 4).astype(np.float32))
     images, share = viz.embedding_filter_components(weight, count=28)
     images, share = to_numpy(images), to_numpy(share)
@@ -271,7 +271,7 @@ def test_embedding_filter_components_find_the_main_directions(xp, rng):
     sign = 1.0 if u[np.abs(u).argmax()] > 0 else -1.0
     np.testing.assert_allclose(images[0], as_image(sign * u), atol=1e-4)
     few, _ = viz.embedding_filter_components(weight[:5])
-    assert few.shape[0] == 4  # five filters have four centred directions
+    assert few.shape[0] == 4  # five filters have four centered directions
 
 
 def test_position_similarity(xp, rng):

@@ -270,13 +270,13 @@ def scalars(*arrays) -> tuple:
     """One-number arrays (or numbers, or None) as Python floats, read in one copy.
 
     Reading a value from the GPU makes the host wait for the device (a
-    synchronisation); reading several costs one wait when they travel
+    synchronization); reading several costs one wait when they travel
     together, stacked into one small array. ``None`` stays ``None``.
     """
     on_device = [a for a in arrays if is_cuda_array(a)]
     if on_device:
         stacked = cupy.stack([a.reshape(()).astype(np.float64) for a in on_device])
-        values = iter(cupy.asnumpy(stacked).tolist())  # the one synchronisation
+        values = iter(cupy.asnumpy(stacked).tolist())  # the one synchronization
     return tuple(
         None if a is None else next(values) if is_cuda_array(a) else float(a) for a in arrays
     )
@@ -304,7 +304,7 @@ def scatter_add(target, index, values) -> None:
 
 # ---------------------------------------------------------------------------
 # Random numbers. One seeded generator per device, so that dropout masks and
-# initialisations are reproducible on either device.
+# initializations are reproducible on either device.
 # ---------------------------------------------------------------------------
 
 

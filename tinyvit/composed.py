@@ -30,9 +30,9 @@ def softmax(x, axis=-1) -> Tensor:
 def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last axis."""
     x = as_tensor(x)
-    centred = x - x.mean(axis=-1, keepdims=True)
-    variance = (centred * centred).mean(axis=-1, keepdims=True)
-    y = centred / (variance + eps).sqrt()
+    centered = x - x.mean(axis=-1, keepdims=True)
+    variance = (centered * centered).mean(axis=-1, keepdims=True)
+    y = centered / (variance + eps).sqrt()
     if weight is not None:
         y = y * weight
     if bias is not None:

@@ -12,14 +12,14 @@ With ``k`` examples of each of ``K`` classes, features ``X`` ``(kK, D)`` and
 targets ``Y`` ``(kK, K)`` (``+1`` for the example's class, ``-1`` for the
 others), the probe is the ridge regression
 
-    minimise  |X W + 1 b - Y|^2 + l2 |W|^2     (the bias b is not penalised)
+    minimize  |X W + 1 b - Y|^2 + l2 |W|^2     (the bias b is not penalized)
 
 whose solution solves the normal equations, with ``A = [X, 1]``,
 
     (A^T A + l2 * diag(1, ..., 1, 0)) [W; b] = A^T Y.
 
 A test image is given the class with the largest score ``x W + b``.
-Features are first standardised (each dimension to mean 0 and standard
+Features are first standardized (each dimension to mean 0 and standard
 deviation 1 over the few training examples), so one ``l2`` suits every
 model.
 
@@ -129,7 +129,7 @@ def fit_probe(features, labels, num_classes, l2=1.0, standardize=True) -> Linear
     a = xp.concatenate([x, xp.ones((n, 1))], axis=1)  # (n, D+1): [X, 1]
     y = pm1_targets(labels, num_classes, xp)  # (n, K)
     penalty = xp.full(dim + 1, float(l2))
-    penalty[-1] = 0.0  # the bias is not penalised
+    penalty[-1] = 0.0  # the bias is not penalized
     lhs = a.T @ a + xp.diag(penalty)  # (D+1, D+1)
     theta = xp.linalg.solve(lhs, a.T @ y)  # (D+1, K)
     return LinearProbe(weight=theta[:-1], bias=theta[-1], mean=mean, std=std)

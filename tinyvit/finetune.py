@@ -1,12 +1,12 @@
 """Fine-tuning (Section 3.2): a new head, a new resolution, a short supervised run.
 
 The paper pre-trains on a large data set, then fine-tunes on the task at
-hand: the head is replaced by a zero-initialised ``Linear`` for the new
+hand: the head is replaced by a zero-initialized ``Linear`` for the new
 classes and, when the images are larger than in pre-training, the patch size
 stays and the grid of position embeddings is resampled
 (``tinyvit.interop.for_finetuning``; with ``new_head=True`` the head is
 replaced even when the number of classes stays, as after label-free
-pre-training). ``finetune`` trains such a model on labelled images, resized
+pre-training). ``finetune`` trains such a model on labeled images, resized
 to its resolution by ``tinyvit.resample.interpolate``, and tests it as it
 goes with ``tinyvit.loop.evaluate``. Its step is ``tinyvit.loop.train_step``,
 the trainer's own: AdamW with warm-up and cosine decay, a clipped step, a

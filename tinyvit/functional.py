@@ -17,7 +17,7 @@ Where each piece sits in the paper (Dosovitskiy et al., ICLR 2021):
   Eq. 5-7 of Appendix A, ``A = softmax(q k^T / sqrt(D_h))`` and ``SA(z) = A v``
   for every head;
 * ``cross_entropy`` (with ``log_softmax``): the training loss on the logits;
-* ``dropout``: the regulariser of the paper's training setup (Appendix B.1);
+* ``dropout``: the regularizer of the paper's training setup (Appendix B.1);
   ``patch_dropout`` drops whole patch tokens instead (not in the paper: it
   makes a training step cheaper).
 
@@ -178,7 +178,7 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean") -> Tens
 
 @replaceable
 def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
-    """Normalise the last axis to zero mean and unit variance, then scale and shift.
+    """Normalize the last axis to zero mean and unit variance, then scale and shift.
 
     ``y = xhat * weight + bias`` with ``xhat = (x - mean) * r`` and
     ``r = 1 / sqrt(var + eps)``, the mean and the biased variance taken over
@@ -199,10 +199,10 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     x, weight, bias = check_layer_norm(x, weight, bias)
     xp = xp_of(x.data)
     mean = x.data.mean(axis=-1, keepdims=True)  # (..., 1)
-    centred = x.data - mean  # (..., D)
-    var = (centred * centred).mean(axis=-1, keepdims=True)  # (..., 1), biased
+    centered = x.data - mean  # (..., D)
+    var = (centered * centered).mean(axis=-1, keepdims=True)  # (..., 1), biased
     r = 1.0 / xp.sqrt(var + eps)  # (..., 1)
-    xhat = centred * r  # (..., D)
+    xhat = centered * r  # (..., D)
     y = xhat
     if weight is not None:
         y = y * weight.data

@@ -41,7 +41,7 @@ def adapt(
     A new ``image_size`` keeps the patch size and resamples the position
     embeddings' grid. A new ``num_classes`` (or ``new_head=True``, as after
     pre-training without labels, whose head was never trained) drops the
-    head and a ``pre_logits`` layer and puts a zero-initialised head in
+    head and a ``pre_logits`` layer and puts a zero-initialized head in
     their place.
     """
     config, state = dict(config), dict(state_dict)

@@ -15,7 +15,7 @@ data and their loss; the step is the same, and it lives here, once:
     weights = optimizer.step()               AdamW or SGD
 
 On a GPU the host queues work and goes on until it needs a value back;
-waiting for one is a synchronisation, and the GPU idles while the host
+waiting for one is a synchronization, and the GPU idles while the host
 catches up. A step has exactly one: the loss and the gradient's norm come
 back together, after the backward pass and the clipping are queued, because
 the host must know they are finite before it lets the optimizer move the
@@ -86,7 +86,7 @@ def train_step(model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run=
     optimizer.zero_grad()
     loss.backward()
     norm = clip_gradients(model.parameters(), clip) if clip else None  # 0-d, on the device
-    # The step's one synchronisation: the loss and the norm, read in one copy.
+    # The step's one synchronization: the loss and the norm, read in one copy.
     value, norm = backend.scalars(loss.data, norm)
     if not math.isfinite(value):
         raise TrainingDiverged("loss", value, step, lr, run=run)
@@ -106,7 +106,7 @@ class Evaluation(NamedTuple):
 def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="testing", tta=False):
     """Mean cross-entropy and accuracy of ``model`` on uint8 ``images`` ``(n, C, H, W)``.
 
-    Images are normalised as for training and resized to the model's
+    Images are normalized as for training and resized to the model's
     resolution (``resample.interpolate``, bilinear) when they differ; the
     model runs in evaluation mode, without a graph, on its own device and in
     its own dtype, and is put back in the mode it was in. With ``tta=True``

@@ -45,7 +45,7 @@ class Buffer(Tensor):
 def trunc_normal(shape, std=0.02, dtype=backend.DEFAULT_DTYPE):
     """Normal(0, std) samples redrawn until they lie within two standard deviations.
 
-    timm initialises ViTs with ``trunc_normal_(std=.02)``, whose cut-off is
+    timm initializes ViTs with ``trunc_normal_(std=.02)``, whose cut-off is
     at +-2 in absolute value and so, at this std, never bites; here the cut
     is at two standard deviations, as a truncated normal is meant to be.
     Drawn on the CPU from the generator that ``tinyvit.manual_seed`` seeds.

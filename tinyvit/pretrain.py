@@ -20,7 +20,7 @@ pre-trained so on JFT for 1M steps: 2% better than training from scratch,
   corruption between the patch embedding and the addition of the class token
   and position embeddings. With no corruption its ``encode`` is exactly the
   ViT's ``forward_features``.
-* ``pretrain`` is the loop: batches of unlabelled images, and the step every
+* ``pretrain`` is the loop: batches of unlabeled images, and the step every
   loop in tinyvit takes (``tinyvit.loop.train_step``: AdamW, warm-up and
   cosine decay, gradient clipping, a finiteness check).
 

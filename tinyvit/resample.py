@@ -12,7 +12,7 @@ samples is a matrix ``R`` of shape ``(n_out, n_in)``
 (``interpolation_matrix``), and a 2-D grid is resampled one axis at a time,
 ``out = R_rows @ grid @ R_cols^T`` (``interpolate``). Sample ``i`` of the
 output sits at ``(i + 0.5) * n_in / n_out - 0.5`` in input coordinates (pixel
-centres aligned: PyTorch's ``align_corners=False``) and mixes the input
+centers aligned: PyTorch's ``align_corners=False``) and mixes the input
 samples around it: the nearest one, two (bilinear) or four (bicubic).
 """
 

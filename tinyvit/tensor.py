@@ -33,7 +33,7 @@ _grad_enabled = True
 
 @contextlib.contextmanager
 def no_grad():
-    """Inside ``with no_grad():`` ops record no graph (evaluation, optimiser steps)."""
+    """Inside ``with no_grad():`` ops record no graph (evaluation, optimizer steps)."""
     global _grad_enabled
     previous, _grad_enabled = _grad_enabled, False
     try:

@@ -14,13 +14,13 @@ that equals a convolution with kernel and stride ``P``, which is why its
 weight is stored in the convolution's shape ``(D, C, P, P)``. A learned class
 token is put in front, a learned position embedding added (Eq. 1), and the
 sequence of ``N + 1`` vectors of width ``D`` goes through ``L`` encoder
-blocks (Eq. 2-3, ``nn.Block``). The class token's final state, normalised
+blocks (Eq. 2-3, ``nn.Block``). The class token's final state, normalized
 (Eq. 4), is the image's representation; a linear head maps it to logits.
 With ``pool="mean"`` the patch tokens' average is used instead.
 
 Parameter names and shapes are timm's (``cls_token``, ``pos_embed``,
 ``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ..., ``head.bias``),
-and so is the initialisation.
+and so is the initialization.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class ViT(Module):
 
         An array of floats is cast to the model's dtype; a ``Tensor`` must
         already have it (a cast would cut it from its graph). Integer images,
-        wrapped in a ``Tensor`` or not, are refused: normalise them first.
+        wrapped in a ``Tensor`` or not, are refused: normalize them first.
         """
         shape = tuple(images.shape)
         expected = (self.channels, self.image_size, self.image_size)
@@ -287,7 +287,7 @@ class ViT(Module):
             what = "a Tensor of " if isinstance(images, Tensor) else ""
             raise TypeError(
                 f"ViT expects floating-point images, got {what}{images.dtype}; "
-                "normalise them first (tinyvit.data.normalize does)"
+                "normalize them first (tinyvit.data.normalize does)"
             )
         if isinstance(images, Tensor):
             if images.dtype != dtype:

@@ -13,7 +13,7 @@ argument is a number, or a NumPy array with one value per image.
   truncated to uint8), as torchvision and timm do.
 * Geometric: ``rotate``, ``shear_x``, ``shear_y``, ``translate_x``,
   ``translate_y`` resample each image through its own affine map
-  (``affine``, nearest neighbour); the maps themselves (``rotation_maps`` ...)
+  (``affine``, nearest neighbor); the maps themselves (``rotation_maps`` ...)
   are separate functions, so RandAugment can draw them for a whole batch.
 """
 

@@ -15,7 +15,7 @@ GELU to its stated error). Three changes make them faster
   step allocates nothing and touches no fresh memory.
 
 And some arithmetic is cheaper: row sums of short rows as a matrix-vector
-product with ones (BLAS runs it as one vectorised loop, where a NumPy
+product with ones (BLAS runs it as one vectorized loop, where a NumPy
 reduction along a short last axis pays its set-up cost row by row), the
 float32 Gaussian CDF as a tanh polynomial with half the passes of the erf
 (``fast_math.py``), GELU's derivative computed in the forward pass (where
@@ -118,7 +118,7 @@ def _layer_norm_rows(x, y, xhat, r, weight, bias, eps):
     variance += eps
     xp.sqrt(variance, out=variance)
     xp.divide(1.0, variance, out=r[:, 0])  # 1 / sqrt(var + eps)
-    xhat *= r  # (R, D) normalised
+    xhat *= r  # (R, D) normalized
     if weight is not None:
         xp.multiply(xhat, weight, out=y)
     else:
