@@ -143,3 +143,34 @@ def test_a_hand_edited_description_is_named(tmp_path, change, message):
     with pytest.raises(CheckpointError, match=message) as info:
         tinyvit.load(path)
     assert str(path) in str(info.value)
+
+
+# ---------------------------------------------------------------- loaded models
+
+
+def test_a_loaded_model_is_in_evaluation_mode_and_answers_the_same_twice(tmp_path):
+    """A model trained with PatchDropout drops half of each image's patches in training
+    mode; loaded, it must see them all, every time (and its attention covers every patch)."""
+    manual_seed(0)
+    model = ViT(**{**SMALL, "image_size": 16, "patch_dropout": 0.5})
+    path = tinyvit.save(model, tmp_path / "model.npz")
+    loaded = tinyvit.load(path)
+    assert not loaded.training
+    images = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    with tinyvit.no_grad():
+        first, second = loaded(images).data, loaded(images).data
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_array_equal(first, model.eval()(images).data)
+    _, attention = tinyvit.inspection.attend(loaded, images)
+    assert all(a.shape == (4, 2, 17, 17) for a in attention)  # all 16 patches, and the class
+    _, attention = tinyvit.inspection.attend(loaded.train(), images)  # to fine-tune it
+    assert loaded.training and all(a.shape == (4, 2, 17, 17) for a in attention)
+
+
+def test_weights_with_nan_are_refused_with_their_name(tmp_path):
+    manual_seed(0)
+    model = ViT(**SMALL)
+    model.head.bias.data[1] = np.nan
+    path = tinyvit.save(model, tmp_path / "model.npz")
+    with pytest.raises(CheckpointError, match=r"head.bias holds 1 NaN or infinite value\(s\) of 3"):
+        tinyvit.load(path)

@@ -111,6 +111,7 @@ def test_new_resolution_and_classes_follow_the_fine_tuning_recipe(tmp_path):
     path = tmp_path / "ViT.npz"
     np.savez(path, **arrays)
     model = load_official(path, num_classes=7, image_size=16, interpolation="bicubic")
+    assert not model.training  # loaded for use; .train() to fine-tune
     assert model.config["image_size"] == 16 and model.config["num_classes"] == 7
     assert model.pre_logits is None  # the whole old head is gone
     np.testing.assert_array_equal(model.head.weight.data, 0.0)

@@ -84,3 +84,50 @@ def test_an_unusable_out_folder_is_one_error_line(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     expected = f"cannot use {blocker} as a folder: it is a file (on the way to the folder "
     assert result.stderr == f"error: {expected}{blocker / 'x'})\n"
+
+
+def test_a_lesson_in_a_notebook_ignores_the_kernels_arguments(tmp_path, monkeypatch):
+    """In Jupyter (or VS Code's cells) sys.argv is the kernel's: the lesson takes its
+    defaults instead of failing on ``-f kernel.json``."""
+    import types
+
+    from tinyvit import lesson
+
+    class ZMQInteractiveShell:  # what IPython's get_ipython() returns in a kernel
+        pass
+
+    fake = types.SimpleNamespace(get_ipython=ZMQInteractiveShell)
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/tmp/kernel-1.json"])
+    monkeypatch.chdir(tmp_path)
+    args = lesson.lesson_arguments("01_autograd", "a lesson")
+    assert args.out == Path("runs") / "lessons" / "01_autograd" and not args.quick
+    monkeypatch.delitem(sys.modules, "IPython")  # a plain run: the flags are the lesson's
+    with pytest.raises(SystemExit):
+        lesson.lesson_arguments("01_autograd", "a lesson")
+
+
+def test_lessons_look_into_the_main_commands_model_before_the_shipped_one(tmp_path, monkeypatch):
+    import argparse
+
+    from tinyvit import lesson
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(checkpoint=None)
+    assert lesson.default_model(args) == lesson.SHIPPED_MODEL
+    for path in (lesson.MAIN_MODEL, lesson.LESSON6_MODEL):  # each in turn comes first
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"a model")
+        assert lesson.default_model(args) == path
+
+
+def test_import_tinyvit_reaches_every_module():
+    code = ("import sys, tinyvit; tinyvit.data.normalize; tinyvit.train.Trainer; "
+            "tinyvit.viz.plot_training_curves; tinyvit.interop.load_official; "
+            "print('matplotlib' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"  # loaded when asked for: viz needs it
+    plain = subprocess.run([sys.executable, "-c", "import sys, tinyvit; "
+                            "print('matplotlib' in sys.modules)"], capture_output=True, text=True)
+    assert plain.stdout.strip() == "False"  # and not before

@@ -515,12 +515,97 @@ def test_help_lists_every_flag_with_its_real_default():
 def test_a_damaged_trainer_state_is_a_checkpoint_error(tmp_path):
     Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False).fit()
     arrays = tinyvit.checkpoint.read_npz(tmp_path / "checkpoint.npz")
-    for bad, words in (('{"config": ', "not valid JSON"), ("{}", "incomplete or damaged")):
+    state = json.loads(str(arrays["trainer/state"]))
+    edits = [
+        ('{"config": ', "not valid JSON"),
+        ("{}", "incomplete or damaged"),
+        ("[1, 2]", "a JSON object was expected"),
+        (json.dumps({**state, "total_steps": 0}), "total_steps must be an integer >= 1, got 0"),
+        (json.dumps({**state, "step": "8"}), "step must be an integer >= 0, got '8'"),
+        (json.dumps({**state, "step": 99}), "step 99 is past total_steps 8"),
+        (json.dumps({**state, "sums": {"loss": "x"}}), "sums must hold numbers"),
+        (json.dumps({**state, "history": {}}), "history must be a list"),
+    ]
+    for bad, words in edits:
         arrays["trainer/state"] = np.array(bad)
         np.savez(tmp_path / "checkpoint.npz", **arrays)
         again = Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False)
         with pytest.raises(tinyvit.checkpoint.CheckpointError, match=words):
             again.fit(resume=True)
+
+
+def test_a_training_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):
+    Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, progress=False).fit()
+    arrays = tinyvit.checkpoint.read_npz(tmp_path / "checkpoint.npz")
+    arrays["head.weight"] = np.full_like(arrays["head.weight"], np.nan)
+    np.savez(tmp_path / "checkpoint.npz", **arrays)
+    again = Trainer(tiny_config(epochs=2), synthetic_cifar(), tmp_path, progress=False)
+    with pytest.raises(tinyvit.checkpoint.CheckpointError, match="head.weight holds 64 NaN"):
+        again.fit(resume=True)
+
+
+def test_a_loss_that_blows_up_without_nan_is_caught_like_nan(tmp_path):
+    """A learning rate far too high sends the loss to thousands, still finite: the run
+    stops with the advice it gives for NaN, instead of ending at chance without a word."""
+    trainer = Trainer(tiny_config(epochs=3), synthetic_cifar(), tmp_path, progress=False)
+    original = trainer.train_on_batch
+
+    def explode(x, y):
+        if trainer.step == 10:
+            trainer.model.head.weight.data *= 1e5  # confident, wrong, finite
+        return original(x, y)
+
+    trainer.train_on_batch = explode
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "(a diverged run: over 13.9)" in message and "at epoch 2, step 10" in message
+    assert "a lower --lr" in message and "checkpoint.npz (step 8), is untouched" in message
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, capsys):
+    """Standard error here is not a terminal (pytest captures it): no bars by default,
+    the epoch lines all the same."""
+    lines = []
+    Trainer(tiny_config(epochs=1), synthetic_cifar(), tmp_path, log=lines.append).fit()
+    assert "\r" not in capsys.readouterr().err and any(line.startswith("epoch") for line in lines)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no CIFAR-10 copy beside the repository")
+def test_two_runs_started_together_into_one_folder(tmp_path):
+    """Both start at once; one trains, the other stops with one error line before loading
+    the data, and the folder holds one run's files, consistent with each other."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tinyvit.train", "--quick", "--epochs", "1",
+               "--data-dir", str(SHARED), "--out", str(out)]  # fmt: skip
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    _, _, err = next(r for r in results if r[0] == 2)
+    assert len(err.strip().splitlines()) == 1 and "another process" in err
+    state = json.loads(str(tinyvit.checkpoint.read_npz(out / "checkpoint.npz")["trainer/state"]))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == state["history"] and not (out / ".lock").exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no CIFAR-10 copy beside the repository")
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tinyvit.train", "--quick", "--epochs", "50",
+               "--data-dir", str(SHARED), "--out", str(out)]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:  # the first epoch's line: a run under way
+        if line.startswith("epoch"):
+            break
+    run.send_signal(signal.SIGTERM)
+    out_rest, err = run.communicate(timeout=300)
+    assert run.returncode == 143, err
+    assert "SIGTERM: finishing what is under way" in out_rest and "--resume" in out_rest
+    assert "Traceback" not in err
+    state = json.loads(str(tinyvit.checkpoint.read_npz(out / "checkpoint.npz")["trainer/state"]))
+    assert state["step"] >= 16  # the first epoch at least, and nothing half done
 
 
 # ---------------------------------------------------------------- a time budget

@@ -6,6 +6,7 @@ The package follows the paper's data flow, low to high:
     checks      argument checks that name the argument, the range and the value
     settings    settings declared once: a field with its range and its help
     files       files written atomically; folders checked before a run
+    progress    progress bars on a terminal, and nowhere else
     tensor      Tensor, the graph and backward()
     op_checks   the ops' arguments checked, for the reference and the kernels alike
     dispatch    which code runs an op: its reference, or the kernel of its device
@@ -32,6 +33,8 @@ The package follows the paper's data flow, low to high:
     lesson      the command line the lessons share
 """
 
+import importlib
+
 from . import backend, composed, functional, kernels, nn, vit
 from .backend import manual_seed
 from .checkpoint import load, save
@@ -40,6 +43,17 @@ from .tensor import Tensor, as_tensor, concatenate, is_grad_enabled, matmul, no_
 from .vit import ViT, create
 
 __version__ = "0.1.0"
+
+# Every module of the list above, reachable as ``tinyvit.NAME`` after a plain ``import
+# tinyvit``; those not imported yet are imported on first use (the figures bring in
+# matplotlib, which ``import tinyvit`` alone need not pay for).
+MODULES = tuple(line.split()[0] for line in __doc__.splitlines() if line.startswith("    "))
+
+
+def __getattr__(name):
+    if name in MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'tinyvit' has no attribute {name!r}")
 
 __all__ = [
     "GradcheckError",

@@ -143,8 +143,23 @@ def read_meta(arrays: dict, path="checkpoint") -> dict:
     return meta
 
 
+def check_finite(arrays: dict, path="checkpoint") -> None:
+    """A ``CheckpointError`` naming the first floating-point array that holds NaN or
+    infinite values: weights saved from a run whose loss had diverged."""
+    for name, value in arrays.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(value.size - np.isfinite(value).sum())
+            raise CheckpointError(
+                f"{path}: {name} holds {bad:,} NaN or infinite value(s) of {value.size:,}; "
+                "these weights come from a run whose loss diverged and cannot be used"
+            )
+
+
 def load(path, device="cpu"):
-    """Rebuild the model saved at ``path`` and load its weights (on ``device``)."""
+    """Rebuild the model saved at ``path``, load its weights (on ``device``), and return it
+    in evaluation mode, as a loaded model is used: no dropout, every patch token
+    (``model.train()`` before fine-tuning it). Weights with NaN or infinite values are
+    refused (``check_finite``)."""
     from .vit import ViT  # the only model kind so far
 
     arrays = read_npz(path)
@@ -156,10 +171,11 @@ def load(path, device="cpu"):
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its configuration does not build a ViT: {error}") from None
     weights = {k: v for k, v in arrays.items() if k in dict(model.named_parameters())}
+    check_finite(weights, path)
     try:
         model.load_state_dict(weights)
     except ValueError as error:
         raise CheckpointError(
             f"{path}: the weights do not fit its configuration: {error}"
         ) from None
-    return model.to(device)
+    return model.to(device).eval()

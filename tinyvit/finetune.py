@@ -21,7 +21,7 @@ import numpy as np
 
 from . import checks, data
 from . import functional as F
-from .loop import adamw_with_schedule, evaluate, train_step
+from .loop import adamw_with_schedule, diverged_loss, evaluate, train_step
 from .resample import interpolate
 from .vit import ViT
 
@@ -112,7 +112,7 @@ def finetune(
 
             loss, _ = train_step(
                 model, optimizer, forward, step=step, lr=schedule(step), clip=clip, seed=seed,
-                run=name,
+                run=name, max_loss=diverged_loss(model.head.out_features),
             )  # fmt: skip
             losses.append(loss)
             step += 1

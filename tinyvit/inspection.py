@@ -105,16 +105,18 @@ def attend(model, images):
 
     ``attentions`` is the list of every block's ``(B, heads, N+1, N+1)``
     attention probabilities, first block first (``ViT.keep_attention`` and
-    ``ViT.attention_maps``). No graph is built; the model's own
-    keep-attention setting is left as it was.
+    ``ViT.attention_maps``). The model runs in evaluation mode (no dropout,
+    every patch token) without a graph; its mode and keep-attention setting
+    are left as they were.
     """
-    kept = [block.attn.keep_attention for block in model.blocks]
-    model.keep_attention(True)
+    kept, was_training = [block.attn.keep_attention for block in model.blocks], model.training
+    model.keep_attention(True).eval()
     try:
         with no_grad():
             logits = model(images).data  # (B, classes)
         attentions = model.attention_maps()  # L x (B, heads, N+1, N+1)
     finally:
+        model.train(was_training)
         for block, keep in zip(model.blocks, kept):
             block.attn.keep_attention = keep
             if not keep:

@@ -171,13 +171,14 @@ def load_official(path, num_classes=None, image_size=None, interpolation="bicubi
     other configuration entries: ``gelu``, or ``pool="mean"`` for arrays that
     ``to_official`` wrote from a mean-pooled tinyvit model (the layout does not
     record what the head reads). Official models expect inputs scaled to
-    ``[-1, 1]``.
+    ``[-1, 1]``. The model comes back in evaluation mode, as ``tinyvit.load``'s
+    does (``model.train()`` before fine-tuning it).
     """
     config, state = official_to_state_dict(read_npz(path))
     config, state = adapt(config, state, num_classes, image_size, interpolation)
     model = ViT(**{**config, **changes})
     model.load_state_dict(state)
-    return model
+    return model.eval()
 
 
 def to_official(model: ViT) -> dict:

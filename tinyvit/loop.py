@@ -32,35 +32,49 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 from . import backend, checks, data
 from . import functional as F
+from . import progress as bars
 from .optim import AdamW, WarmupCosine, clip_gradients
 from .resample import interpolate
 from .tensor import no_grad
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss (or the gradient's norm) became NaN or infinite; the weights are as before
-    the step that saw it.
+    """The loss (or the gradient's norm) became NaN or infinite, or the loss grew far past
+    any sensible value; the weights are as before the step that saw it.
 
-    ``advice`` is the caller's suggestion of what to try (and what was kept);
-    the trainer fills it with flags and its checkpoint.
+    ``limit`` is the bound a finite loss went over; ``advice`` is the caller's
+    suggestion of what to try (and what was kept); the trainer fills it with
+    flags and its checkpoint.
     """
 
-    def __init__(self, what, value, step, lr, *, run="training", epoch=None, advice=None):
+    def __init__(self, what, value, step, lr, *, run="training", epoch=None, advice=None,
+                 limit=None):  # fmt: skip
         super().__init__(what, value, step, lr)
         self.what, self.value, self.step, self.lr = what, value, step, lr
-        self.run, self.epoch = run, epoch
+        self.run, self.epoch, self.limit = run, epoch, limit
         self.advice = advice or "Try a lower learning rate or a longer warm-up."
 
     def __str__(self):
         where = f"epoch {self.epoch}, step {self.step}" if self.epoch else f"step {self.step}"
+        if self.limit is not None and math.isfinite(self.value):
+            became = f"became {self.value:.4g} (a diverged run: over {self.limit:.3g})"
+        else:
+            became = f"became {self.value}"
         return (
-            f"{self.run}: the {self.what} became {self.value} at {where} "
+            f"{self.run}: the {self.what} {became} at {where} "
             f"(learning rate {self.lr:.3g}). {self.advice}"
         )
+
+
+def diverged_loss(num_classes: int) -> float:
+    """The cross-entropy above which a run has diverged, though the loss is still finite:
+    ten times that of a uniform guess over ``num_classes`` (``ln K``). A run learning at
+    a sane rate stays below a guess's loss after its first steps, and far below ten times
+    it; a learning rate a hundred times too high sends it to thousands."""
+    return 10.0 * math.log(max(num_classes, 2))
 
 
 def step_seed(seed, step) -> int:
@@ -68,7 +82,9 @@ def step_seed(seed, step) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
-def train_step(model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run="training"):
+def train_step(
+    model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run="training", max_loss=None
+):
     """One optimization step of ``model``; returns ``(loss value, output)``.
 
     ``forward()`` runs the model and returns ``(loss, output)``: the scalar
@@ -77,7 +93,8 @@ def train_step(model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run=
     ``lr`` and, when ``seed`` is given, the dropout masks are seeded by
     ``(seed, step)``. A loss that is not finite, or (with ``clip``) a
     gradient norm that is not finite, raises ``TrainingDiverged`` before the
-    weights change. ``clip`` is the largest global gradient norm (0: none).
+    weights change, and so does a finite loss above ``max_loss`` when it is given
+    (``diverged_loss``). ``clip`` is the largest global gradient norm (0: none).
     """
     optimizer.set_lr(lr)
     if seed is not None:
@@ -90,6 +107,8 @@ def train_step(model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run=
     value, norm = backend.scalars(loss.data, norm)
     if not math.isfinite(value):
         raise TrainingDiverged("loss", value, step, lr, run=run)
+    if max_loss is not None and value > max_loss:
+        raise TrainingDiverged("loss", value, step, lr, run=run, limit=max_loss)
     if norm is not None and not math.isfinite(norm):
         raise TrainingDiverged("gradient norm", norm, step, lr, run=run)
     optimizer.step()
@@ -140,7 +159,7 @@ def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="tes
     total = data.num_batches(len(images), batch_size, drop_last=False)
     try:
         with no_grad():
-            for x, y in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+            for x, y in bars.bar(batches, total=total, desc=desc, progress=progress, leave=False):
                 x = interpolate(x, model.image_size)  # (B, C, H, W) at the model's size
                 if tta:
                     probs = F.softmax(model(x), axis=1).data  # (B, classes)
@@ -172,6 +191,7 @@ __all__ = [
     "Evaluation",
     "TrainingDiverged",
     "adamw_with_schedule",
+    "diverged_loss",
     "evaluate",
     "step_seed",
     "train_step",

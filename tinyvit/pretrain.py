@@ -38,7 +38,7 @@ import numpy as np
 from . import backend, checks, data
 from . import functional as F
 from .backend import xp_of
-from .loop import adamw_with_schedule, train_step
+from .loop import adamw_with_schedule, diverged_loss, train_step
 from .nn import Linear, Module, Parameter, trunc_normal
 from .tensor import Tensor
 from .vit import ViT
@@ -374,7 +374,7 @@ def pretrain(
 
         value, _ = train_step(
             model, optimizer, forward, step=step, lr=schedule(step), clip=clip, seed=seed,
-            run="pretrain",
+            run="pretrain", max_loss=diverged_loss(model.head.out_features),
         )  # fmt: skip
         history.append(dict(step=step + 1, loss=value, seconds=time.perf_counter() - started))
         if log and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):

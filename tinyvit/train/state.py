@@ -48,11 +48,7 @@ def read_state(path) -> tuple[dict, dict]:
     if STATE not in arrays:
         raise checkpoint.CheckpointError(f"{path} has no trainer state: not a training checkpoint")
     try:
-        state = json.loads(str(arrays[STATE]))
-        for key in (*POSITION, "config", "total_steps", "planned", "elapsed"):
-            state[key]  # noqa: B018  (each must be there)
-        state["total_steps"], state["planned"] = int(state["total_steps"]), bool(state["planned"])
-        state["elapsed"] = float(state["elapsed"])
+        state = _checked(json.loads(str(arrays[STATE])))
     except json.JSONDecodeError as error:
         raise checkpoint.CheckpointError(
             f"{path}: its trainer state is not valid JSON ({error.msg})"
@@ -62,7 +58,35 @@ def read_state(path) -> tuple[dict, dict]:
             f"{path}: its trainer state is incomplete or damaged ({type(error).__name__}: "
             f"{error})"
         ) from None
+    checkpoint.check_finite(arrays, path)
     return arrays, state
+
+
+def _checked(state) -> dict:
+    """The trainer's state with each entry of the type and range it must have; a
+    KeyError, TypeError or ValueError naming the entry otherwise."""
+    if not isinstance(state, dict):
+        raise TypeError(f"a JSON object was expected, not {type(state).__name__}")
+    for key in (*POSITION, "config", "total_steps", "planned", "elapsed"):
+        state[key]  # noqa: B018  (each must be there)
+    for key, low in (("epoch", 0), ("batch", 0), ("step", 0), ("total_steps", 1)):
+        if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {state[key]!r}")
+    if state["step"] > state["total_steps"]:
+        raise ValueError(f"step {state['step']} is past total_steps {state['total_steps']}")
+    sums = state["sums"]
+    if not isinstance(sums, dict) or not all(
+        isinstance(sums.get(k), int | float) for k in ("loss", "correct", "seen", "seconds")
+    ):
+        raise ValueError(f"sums must hold numbers loss, correct, seen, seconds; got {sums!r}")
+    if not isinstance(state["history"], list) or not all(
+        isinstance(record, dict) for record in state["history"]
+    ):
+        raise ValueError("history must be a list of epoch records")
+    if not isinstance(state["config"], dict):
+        raise ValueError("config must be a JSON object of settings")
+    state["planned"], state["elapsed"] = bool(state["planned"]), float(state["elapsed"])
+    return state
 
 
 def check_same_run(path, saved: dict, config: TrainConfig) -> None:

@@ -17,12 +17,11 @@ import contextlib
 import math
 import time
 
-from tqdm import tqdm
-
 from .. import backend, checkpoint, data, kernels
 from .. import functional as F
+from .. import progress as bars
 from ..ema import ModelEMA
-from ..loop import TrainingDiverged, evaluate, train_step
+from ..loop import TrainingDiverged, diverged_loss, evaluate, train_step
 from ..optim import SGD, AdamW, WarmupCosine
 from ..vit import ViT
 from . import state
@@ -53,11 +52,13 @@ class Trainer:
     ``dataset`` has ``x_train, y_train, x_test, y_test, classes`` (a
     ``data.CIFAR10``); ``out`` is the run's folder (``RunFolder``).
     ``fit(resume=..., overwrite=...)`` trains to the end or to Ctrl-C and
-    returns the history, one record per epoch.
+    returns the history, one record per epoch. ``progress``: draw progress
+    bars (default: when standard error is a terminal).
     """
 
-    def __init__(self, config: TrainConfig, dataset, out, progress=True, log=print):
-        self.config, self.progress, self.log = config.check(), progress, log
+    def __init__(self, config: TrainConfig, dataset, out, progress=None, log=print):
+        self.config, self.log = config.check(), log
+        self.progress = bars.wanted(progress)
         self.folder = out if isinstance(out, RunFolder) else RunFolder(out)
         c = config
         self.x_train = dataset.x_train[: c.train_limit]
@@ -146,7 +147,7 @@ class Trainer:
 
         loss, logits = train_step(
             self.model, self.optimizer, forward, step=self.step, lr=self.schedule(self.step),
-            clip=c.clip_grad, seed=c.seed,
+            clip=c.clip_grad, seed=c.seed, max_loss=diverged_loss(self.num_classes),
         )  # fmt: skip
         if self.ema is not None:
             self.ema.update(self.model)
@@ -156,10 +157,10 @@ class Trainer:
     def _progress_bar(self, batches):
         epochs = self.epochs if self.planned else "?"
         left = self.total_steps - self.epoch * self.steps_per_epoch
-        return tqdm(
-            batches, total=min(self.steps_per_epoch, left),
-            initial=self.batch, desc=f"epoch {self.epoch + 1}/{epochs}", disable=not self.progress,
-            leave=False, dynamic_ncols=True,
+        return bars.bar(
+            batches, total=min(self.steps_per_epoch, left), initial=self.batch,
+            desc=f"epoch {self.epoch + 1}/{epochs}", progress=self.progress, leave=False,
+            dynamic_ncols=True,
         )  # fmt: skip
 
     def train_epoch(self) -> bool:
