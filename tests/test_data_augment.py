@@ -33,6 +33,69 @@ def test_normalize(xp):
     assert D.normalize(x, dtype=np.float64).dtype == np.float64
 
 
+def test_normalize_takes_float_images_in_0_to_1_as_they_are(xp):
+    x = images_on(xp)
+    expected = host(D.normalize(x))
+    floats = x.astype(np.float32) / 255  # what plt.imread gives a PNG
+    assert np.allclose(host(D.normalize(floats)), expected, atol=1e-5)
+    assert np.allclose(host(D.normalize(floats.astype(np.float64))), expected, atol=1e-5)
+    assert np.array_equal(host(D.normalize(x.astype(np.int64))), expected)  # ints: 0..255
+
+
+@pytest.mark.parametrize(
+    "scale,shift,words",
+    [
+        (1.0, 0.0, ["float32 values in [0, 255]", "divided by 255"]),
+        (1 / 255, -0.5, ["float32 values in [-0.5, 0.5]", "normalized already"]),
+        (2 / 255, 0.0, ["float32 values in [0, 2]"]),
+    ],
+    ids=["0..255", "centered", "0..2"],
+)
+def test_normalize_refuses_floats_outside_0_to_1(xp, scale, shift, words):
+    x = xp.asarray(np.zeros((2, 3, 4, 4), np.uint8))
+    x[0, 0, 0, 0], x[1, 2, 3, 3] = 0, 255
+    with pytest.raises(ValueError) as info:
+        D.normalize(x.astype(np.float32) * np.float32(scale) + np.float32(shift))
+    message = str(info.value)
+    assert "integer images 0..255 (uint8) or float images in [0, 1]" in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_normalize_refuses_integers_outside_0_to_255_and_booleans():
+    with pytest.raises(ValueError, match=r"int16 values in \[-1, 300\]"):
+        D.normalize(np.array([-1, 300] * 24, np.int16).reshape(1, 3, 4, 4))
+    with pytest.raises(TypeError, match="got bool"):
+        D.normalize(np.zeros((1, 3, 4, 4), bool))
+
+
+def test_normalize_transposes_channels_last_images(xp):
+    x = images_on(xp, n=4)
+    last = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (B, H, W, C), as imread stacks them
+    out = D.normalize(last)
+    assert out.shape == (4, 3, 32, 32) and out.flags.c_contiguous
+    assert np.array_equal(host(out), host(D.normalize(x)))
+    floats = D.normalize(last.astype(np.float32) / 255)
+    assert np.allclose(host(floats), host(D.normalize(x)), atol=1e-5)
+    gray = np.arange(32, dtype=np.uint8).reshape(2, 4, 4, 1)  # one channel, channels-last
+    assert D.normalize(gray, mean=(0.5,), std=(0.25,)).shape == (2, 1, 4, 4)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 32, 32), (2, 32, 32, 4), (3, 32, 32), (32, 32, 3)])
+def test_normalize_names_both_layouts_for_images_it_cannot_read(shape):
+    with pytest.raises(ValueError) as info:
+        D.normalize(np.zeros(shape, np.uint8))
+    message = str(info.value)
+    for words in ("(B, C, H, W)", "channels-last (B, H, W, C)", "C = 3", f"got shape {shape}"):
+        assert words in message, (words, message)
+    assert ("images[None]" in message) == (len(shape) == 3)
+
+
+def test_normalize_refuses_a_list_by_name():
+    with pytest.raises(TypeError, match="got list; np.asarray"):
+        D.normalize(np.zeros((1, 3, 2, 2)).tolist())
+
+
 def test_random_crop_takes_real_windows_of_the_padded_image(xp):
     x = images_on(xp, n=6)
     out = D.random_crop(x, 4, np.random.default_rng(3))

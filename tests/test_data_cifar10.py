@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import re
 import socket
 import tarfile
 import threading
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from tinyvit import data as D
-from tinyvit.data import DataError, cifar10
+from tinyvit.data import DataError, cifar10, download
 
 RECORDS = 20  # records per file in the small data sets made here
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-bin"
@@ -150,8 +151,141 @@ def test_no_data_and_no_download_says_where_to_put_it(tmp_path):
 
 def test_labels_beyond_the_class_list_are_refused(folder):
     (folder / D.META_FILE).write_text("cat\ndog\n")
-    with pytest.raises(DataError, match="names only 2 classes"):
+    with pytest.raises(DataError, match="names 2 classes, but CIFAR-10 has 10"):
         D.load_cifar10(folder, records=RECORDS)
+
+
+def test_a_class_file_with_eleven_names_is_refused(folder):
+    path = folder / D.META_FILE
+    path.write_text("\n".join([*D.CLASSES, "unicorn"]) + "\n")
+    with pytest.raises(DataError) as info:
+        D.load_cifar10(folder, records=RECORDS)
+    message = str(info.value)
+    assert f"{path} names 11 classes, but CIFAR-10 has 10" in message
+    for words in ("labels 0..9", "UTF-8 text, one a line", "delete it"):
+        assert words in message, words
+
+
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (bytes(range(256)) * 4, "is not UTF-8 text (byte 0x80 at offset 128)"),
+        (b"\x00\x01\x02\n" * 10, "is not plain text ('\\x00\\x01\\x02')"),
+        (("\n".join([*D.CLASSES[:9], "cat"]) + "\n").encode(), "names 'cat' more than once"),
+    ],
+    ids=["binary", "control characters", "a name twice"],
+)
+def test_a_class_file_that_is_not_ten_names_is_one_clear_error(folder, content, words):
+    path = folder / D.META_FILE
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        D.read_classes(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and words in message, message
+    assert "\n" not in message and "10 classes" in message
+
+
+def test_class_names_may_be_any_ten_utf8_names(folder):
+    names = ("avión", "automóvil", "pájaro", "gato", "ciervo", "perro", "rana", "caballo",
+             "barco", "camión")  # fmt: skip
+    (folder / D.META_FILE).write_text("\n\n".join(names) + "\n", encoding="utf-8")
+    assert D.load_cifar10(folder, records=RECORDS).classes == names
+    (folder / D.META_FILE).write_text("\r\n".join(names), encoding="utf-8-sig")  # Notepad's
+    assert D.read_classes(folder / D.META_FILE) == names
+
+
+@pytest.mark.parametrize("label", [10, 255])
+def test_a_label_outside_0_to_9_in_a_batch_file_is_named(folder, files, label):
+    images, labels = files["data_batch_2.bin"]
+    labels = labels.copy()
+    labels[7] = label
+    path = folder / "data_batch_2.bin"
+    path.write_bytes(batch_bytes(images, labels))
+    expected = f"{path}: record 7 has label {label} (1 of {RECORDS} records are out of range)"
+    with pytest.raises(DataError, match=re.escape(expected) + ".*labels go 0..9"):
+        D.load_cifar10(folder, records=RECORDS)
+    with pytest.raises(DataError, match="record 7"):
+        D.read_batch(path, records=None)
+
+
+# ---------------------------------------------------------------------------
+# Where the data is: a named folder must exist; the default one is created
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_fetch(monkeypatch):
+    """Any download fails the test: nothing may be fetched."""
+
+    def fetch(*args, **kwargs):
+        pytest.fail("a download was started")
+
+    monkeypatch.setattr(download, "_fetch", fetch)
+    monkeypatch.setattr(download, "download_release", fetch)
+    monkeypatch.setattr(cifar10, "download_release", fetch)
+
+
+@pytest.mark.parametrize("download_on", [True, False])
+def test_a_named_folder_that_is_not_there_is_refused_and_nothing_is_created(
+    tmp_path, no_fetch, download_on, monkeypatch
+):
+    monkeypatch.setenv("TINYVIT_DATA", str(tmp_path / "default"))
+    typo = tmp_path / "dta"
+    with pytest.raises(DataError) as info:
+        D.load_cifar10(typo, download=download_on)
+    assert list(tmp_path.iterdir()) == []  # neither the misspelled folder nor the default
+    python, command_line = str(info.value), info.value.command_line
+    for message in (python, command_line):
+        assert message.startswith(f"no folder {typo} (")
+        for words in (f"{D.FOLDER}/", D.ARCHIVE, "nothing was created", "create the folder",
+                      str(tmp_path / "default"), "$TINYVIT_DATA", "~/.cache/tinyvit",
+                      "created and downloaded into"):  # fmt: skip
+            assert words in message, (words, message)
+    assert "the root argument" in python and "pass root=None" in python
+    assert "--data-dir" not in python
+    assert "(--data-dir)" in command_line and "leave --data-dir out" in command_line
+    assert "root argument" not in command_line and "root=None" not in command_line
+
+
+def test_a_root_that_is_a_file_is_one_clear_error(tmp_path, no_fetch, monkeypatch):
+    blocker = tmp_path / "cifar.tar"
+    blocker.write_bytes(b"not a folder")
+    with pytest.raises(DataError) as info:
+        D.load_cifar10(blocker)
+    assert info.value.command_line.startswith(f"{blocker} (--data-dir) is a file, not a folder")
+    assert f"{D.FOLDER}/" in str(info.value) and D.ARCHIVE in str(info.value)
+    monkeypatch.setenv("TINYVIT_DATA", str(blocker))
+    with pytest.raises(DataError, match="default data folder .* is a file, not a folder"):
+        D.load_cifar10()
+    monkeypatch.setenv("TINYVIT_DATA", str(blocker / "data"))
+    with pytest.raises(DataError, match=f"cannot create the data folder {blocker / 'data'}"):
+        D.load_cifar10()
+    assert blocker.read_bytes() == b"not a folder"
+
+
+def test_no_download_speaks_python_and_the_command_line_each_its_own(tmp_path, no_fetch):
+    with pytest.raises(DataError) as info:
+        D.load_cifar10(tmp_path, download=False)
+    python, command_line = str(info.value), info.value.command_line
+    assert "pass download=True" in python and "--no-download" not in python
+    assert "--data-dir" not in python and "the root argument" in python
+    assert "run again without --no-download" in command_line and "--data-dir" in command_line
+    assert "download=True" not in command_line and "root argument" not in command_line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_folder_is_created_and_downloaded_into(
+    tmp_path, server, files, monkeypatch
+):
+    options = serve(server, files)
+    real = D.download_cifar10
+    monkeypatch.setattr(cifar10, "download_cifar10", lambda root: real(root, **options))
+    root = tmp_path / "cache" / "tinyvit"
+    monkeypatch.setenv("TINYVIT_DATA", str(root))
+    data = D.load_cifar10(records=RECORDS)  # the default: made, then downloaded into
+    assert (root / D.FOLDER / D.TEST_FILE).is_file() and len(data.y_test) == RECORDS
+    assert [status for _, _, status in server.log] == [200]
+    assert D.check_root() == root and D.check_root(str(root)) == root
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"no offline CIFAR-10 at {SHARED}")

@@ -86,6 +86,39 @@ def test_an_unusable_out_folder_is_one_error_line(tmp_path):
     assert result.stderr == f"error: {expected}{blocker / 'x'})\n"
 
 
+def test_an_empty_out_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from tinyvit import lesson
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        lesson.lesson_arguments("01_autograd", "a lesson", ["--quick", "--out", ""])
+    err = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: argument --out: must name a folder, got ''"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_misspelled_data_dir_is_one_error_line_in_the_command_lines_words(
+    tmp_path, monkeypatch, capsys
+):
+    import argparse
+
+    from tinyvit import data, lesson
+
+    def fetch(*args, **kwargs):
+        pytest.fail("a download was started")
+
+    monkeypatch.setattr(data.cifar10, "download_release", fetch)
+    typo = tmp_path / "dta"
+    with pytest.raises(SystemExit) as info:
+        lesson.load_data(argparse.Namespace(data_dir=str(typo)))
+    err = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: no folder {typo} (--data-dir)"), err
+    assert "leave --data-dir out" in err[0] and "root=None" not in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_lesson_in_a_notebook_ignores_the_kernels_arguments(tmp_path, monkeypatch):
     """In Jupyter (or VS Code's cells) sys.argv is the kernel's: the lesson takes its
     defaults instead of failing on ``-f kernel.json``."""

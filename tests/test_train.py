@@ -188,6 +188,60 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+@pytest.fixture
+def no_fetch(monkeypatch):
+    """A download fails the test: the command line must not start one."""
+
+    def fetch(*args, **kwargs):
+        pytest.fail("a download was started")
+
+    monkeypatch.setattr(tinyvit.data.download, "_fetch", fetch)
+    monkeypatch.setattr(tinyvit.data.cifar10, "download_release", fetch)
+
+
+def test_a_misspelled_data_dir_creates_nothing_and_downloads_nothing(tmp_path, no_fetch, capsys):
+    typo, out = tmp_path / "dta", tmp_path / "run"
+    code, _, err = run_cli(["--quick", "--data-dir", str(typo), "--out", str(out)], capsys)
+    assert code == 2
+    assert_one_error_line(
+        err, f"no folder {typo} (--data-dir)", "cifar-10-batches-bin/", "cifar-10-binary.tar.gz",
+        "create the folder", "leave --data-dir out", "$TINYVIT_DATA", "~/.cache/tinyvit",
+    )  # fmt: skip
+    assert "root argument" not in err[0] and "root=None" not in err[0]  # Python's words
+    assert list(tmp_path.iterdir()) == []  # neither the data folder nor the run's
+
+
+def test_a_data_dir_that_is_a_file_is_one_error_line(tmp_path, no_fetch, capsys):
+    blocker = tmp_path / "cifar-10-binary.tar.gz"
+    blocker.write_bytes(b"an archive, not a folder")
+    code, _, err = run_cli(
+        ["--quick", "--data-dir", str(blocker), "--out", str(tmp_path / "run")], capsys
+    )
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert_one_error_line(err, f"{blocker} (--data-dir) is a file, not a folder")
+
+
+def test_no_download_speaks_the_command_lines_language(tmp_path, no_fetch, capsys):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    code, _, err = run_cli(
+        ["--quick", "--data-dir", str(empty), "--no-download", "--out", str(tmp_path / "run")],
+        capsys,
+    )
+    assert code == 2 and list(empty.iterdir()) == []
+    assert_one_error_line(err, "run again without --no-download", "--data-dir", str(empty))
+    assert "download=True" not in err[0] and "root argument" not in err[0]
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_one_error_line(out, tmp_path, fake_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli([*FAST, "--out", out], capsys)
+    assert code == 2 and fake_data == []
+    assert_one_error_line(err, "argument --out", "must name a folder", repr(out), "pass .")
+    assert list(tmp_path.iterdir()) == []  # nothing trained into the current folder
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="no CIFAR-10 copy beside the repository")
 def test_the_command_line_quick_run_on_cifar10(tmp_path):
     out = tmp_path / "run"

@@ -250,6 +250,23 @@ def test_wrong_images_are_named(shape, words):
         assert word in str(info.value)
 
 
+def test_channels_last_images_are_named_with_the_transpose():
+    with pytest.raises(ValueError) as info:
+        small_vit()(np.zeros((2, 8, 8, 3)))
+    message = str(info.value)
+    for words in ("(B, 3, 8, 8)", "(2, 8, 8, 3)", "channels-last (B, H, W, C)",
+                  "images.transpose(0, 3, 1, 2)"):  # fmt: skip
+        assert words in message, (words, message)
+    with pytest.raises(ValueError) as info:  # four channels last: not taken for the layout
+        small_vit()(np.zeros((2, 8, 8, 4)))
+    assert "channels-last" not in str(info.value) and "(2, 8, 8, 4)" in str(info.value)
+
+
+def test_a_list_of_images_is_a_type_error():
+    with pytest.raises(TypeError, match="ViT expects images as an array .* got list"):
+        small_vit()(np.zeros((1, 3, 8, 8)).tolist())
+
+
 def test_integer_images_are_refused():
     images = np.zeros((1, 3, 8, 8), dtype=np.uint8)
     with pytest.raises(TypeError, match="uint8.*normalize"):

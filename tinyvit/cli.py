@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .checks import Range
 
@@ -70,6 +71,19 @@ def duration_type(text):
 duration_type.__name__ = "duration"
 
 
+def folder_type(text):
+    """An argparse ``type=`` for a folder to write into (``--out``): any path but an empty
+    one, which would write into the current folder without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"must name a folder, got {text!r} (for the current folder, pass .)"
+        )
+    return Path(text)
+
+
+folder_type.__name__ = "folder"
+
+
 def choice_type(choices, what: str):
     """An argparse ``type=`` for one of ``choices`` that lists them when the value is not one.
 
@@ -120,4 +134,5 @@ __all__ = [
     "duration_type",
     "fail",
     "flag_type",
+    "folder_type",
 ]

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from . import backend, files, kernels
-from .cli import ArgumentParser, fail
+from .cli import ArgumentParser, fail, folder_type
 
 # Lesson 6 writes its trained model here (the trainer's ``model.npz``); lessons
 # 7-9 start from it when it is there.
@@ -35,7 +35,7 @@ def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argp
     parser = ArgumentParser(prog=f"lessons/{name}.py", description=description)
     parser.add_argument(
         "--out",
-        type=Path,
+        type=folder_type,
         default=Path("runs") / "lessons" / name,
         help="folder for the lesson's figures (default: %(default)s)",
     )
@@ -100,7 +100,7 @@ def load_data(args):
     try:
         return data.load_cifar10(args.data_dir)
     except data.DataError as error:
-        fail(str(error))
+        fail(error.command_line)  # in the words of --data-dir
 
 
 def trained_model(args, dataset, short_epochs: int = 3):

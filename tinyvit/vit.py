@@ -274,13 +274,21 @@ class ViT(Module):
         already have it (a cast would cut it from its graph). Integer images,
         wrapped in a ``Tensor`` or not, are refused: normalize them first.
         """
+        if not (hasattr(images, "shape") and hasattr(images, "dtype")):
+            raise TypeError(
+                f"ViT expects images as an array or a Tensor (B, C, H, W), got "
+                f"{type(images).__name__}; np.asarray(images) makes one"
+            )
         shape = tuple(images.shape)
         expected = (self.channels, self.image_size, self.image_size)
         if len(shape) != 4 or shape[1:] != expected:
+            last = shape[1:] == (*expected[1:], expected[0])  # (B, H, W, C)
             raise ValueError(
                 f"ViT expects images of shape (B, {', '.join(map(str, expected))}), "
                 f"got {shape}"
                 + ("" if len(shape) == 4 else f": a rank-{len(shape)} array, not (B, C, H, W)")
+                + (": channels-last (B, H, W, C); images.transpose(0, 3, 1, 2) makes them "
+                   "(B, C, H, W) (tinyvit.data.normalize does it)" if last else "")
             )
         dtype = self.pos_embed.dtype
         if images.dtype.kind != "f":

@@ -12,10 +12,13 @@ reshaped to ``(3, 32, 32)``: no decoding at all.
     data = load_cifar10()                    # or load_cifar10("../shared/data")
     x_train, y_train, x_test, y_test, classes = data
 
-When the folder is missing, ``load_cifar10`` fetches the official archive
+When the data is missing, ``load_cifar10`` fetches the official archive
 (``tinyvit.data.download``: resumed, size and MD5 checked before anything
 else touches it, only plain files unpacked, and only inside the data
-folder). A folder put there by hand is taken as it is.
+folder). A folder put there by hand is taken as it is. Only the default
+folder (``$TINYVIT_DATA``, else ``~/.cache/tinyvit``) is created: a folder
+named by the caller must exist, so a misspelled name is an error rather
+than a new folder with 170 MB downloaded into it.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def read_batch(path, records: int | None = RECORDS_PER_FILE) -> tuple[np.ndarray
 
     The file must hold exactly ``records`` records (10,000, as every official
     file does); ``records=None`` accepts any whole number of them, for small
-    files made by tests.
+    files made by tests. Every label must be a class, 0..9.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,38 +121,73 @@ def read_batch(path, records: int | None = RECORDS_PER_FILE) -> tuple[np.ndarray
         )
     raw = np.fromfile(path, dtype=np.uint8).reshape(records, RECORD_BYTES)
     labels = raw[:, 0].astype(np.int64)  # (N,)
+    wrong = np.flatnonzero(labels >= len(CLASSES))
+    if wrong.size:
+        raise DataError(
+            f"{path}: record {wrong[0]:,} has label {labels[wrong[0]]} ({wrong.size:,} of "
+            f"{records:,} records are out of range), but CIFAR-10's labels go 0..9, one per "
+            "class: the file is damaged or not a CIFAR-10 batch file; replace it with the one "
+            "from the official archive"
+        )
     images = np.ascontiguousarray(raw[:, 1:]).reshape(records, *IMAGE_SHAPE)  # (N, 3, 32, 32)
     return images, labels
 
 
 def read_classes(path) -> tuple[str, ...]:
-    """The class names in ``batches.meta.txt``, one a line (blank lines ignored).
+    """The 10 class names in ``batches.meta.txt``, one a line (blank lines ignored).
 
-    A folder without the file gets the official names.
+    The file must be UTF-8 text naming 10 different classes, one per label
+    0..9 of the batch files; anything else is a ``DataError``. A folder
+    without the file gets the official names.
     """
     path = Path(path)
     if not path.is_file():
         return CLASSES
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-    if not names:
-        raise DataError(f"{path} lists no class names")
+    expected = (
+        f"expected the names of CIFAR-10's {len(CLASSES)} classes (the labels 0..9 of the "
+        f"batch files) as UTF-8 text, one a line; replace it with the official {META_FILE}, "
+        "or delete it to use the official names"
+    )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is dropped
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+            f"{error.start:,}): {expected}"
+        ) from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    unprintable = [name for name in names if not name.isprintable()]
+    if unprintable:
+        raise DataError(f"{path} is not plain text ({unprintable[0]!r}): {expected}")
+    if len(names) != len(CLASSES):
+        raise DataError(
+            f"{path} names {len(names)} classes, but CIFAR-10 has {len(CLASSES)}: {expected}"
+        )
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"{path} names {', '.join(map(repr, twice))} more than once: {expected}")
     return names
 
 
 def load_cifar10(root=None, download: bool = True, *, records: int = RECORDS_PER_FILE) -> CIFAR10:
     """Read CIFAR-10 from ``root`` (default: ``default_root()``), downloading it if missing.
 
-    ``root`` may be the folder that contains ``cifar-10-batches-bin/`` or
-    that folder itself. ``records`` is the number of records per file the
-    reader insists on (10,000; tests pass smaller numbers for small files).
+    ``root`` may be the folder that contains ``cifar-10-batches-bin/`` (or
+    the archive, to be unpacked) or that folder itself; it must exist. Only
+    the default root is created when it is missing. ``records`` is the
+    number of records per file the reader insists on (10,000; tests pass
+    smaller numbers for small files).
     """
-    root = Path(root).expanduser() if root is not None else default_root()
+    root = check_root(root)
     folder = find_folder(root)
     if folder is None:
         if not download:
-            raise DataError(
-                f"no CIFAR-10 data under {root} (looked for {root / FOLDER / TRAIN_FILES[0]}). "
-                f"Pass download=True to fetch it, or install it by hand: {_by_hand(root)}"
+            raise _data_error(
+                lambda w: f"no CIFAR-10 data under {root} (looked for "
+                f"{root / FOLDER / TRAIN_FILES[0]}) and the download is off: {w.download} to "
+                f"download it ({SIZE / 1e6:.0f} MB) into {root}, or install it by hand: "
+                f"{_by_hand(root, w.root)}"
             )
         folder = download_cifar10(root)
 
@@ -158,13 +196,57 @@ def load_cifar10(root=None, download: bool = True, *, records: int = RECORDS_PER
     x_test, y_test = read_batch(folder / TEST_FILE, records)
     x_train = np.concatenate([images for images, _ in train])  # (5 * records, 3, 32, 32)
     y_train = np.concatenate([labels for _, labels in train])
-    for name, labels in (("training", y_train), ("test", y_test)):
-        if labels.max() >= len(classes):
-            raise DataError(
-                f"the {name} labels in {folder} go up to {labels.max()}, but "
-                f"{folder / META_FILE} names only {len(classes)} classes"
-            )
     return CIFAR10(x_train, y_train, x_test, y_test, classes)
+
+
+# ---------------------------------------------------------------------------
+# Where the data is: the two ways of naming it
+# ---------------------------------------------------------------------------
+
+
+class _Words(NamedTuple):
+    """How a caller names the data folder, the default one and the download."""
+
+    root: str
+    default: str
+    download: str
+
+
+# The Python API's words, and the command lines' (python -m tinyvit.train, the lessons).
+_PYTHON = _Words("the root argument", "pass root=None", "pass download=True")
+_COMMAND_LINE = _Words("--data-dir", "leave --data-dir out", "run again without --no-download")
+
+
+def _data_error(say) -> DataError:
+    """The DataError ``say(words)`` in the Python API's words, and in the command line's
+    as its ``command_line``."""
+    return DataError(say(_PYTHON), say(_COMMAND_LINE))
+
+
+def check_root(root=None) -> Path:
+    """The folder ``load_cifar10(root)`` reads or downloads into, checked, before any work.
+
+    A root that is a file is a ``DataError``; so is a root named by the caller
+    that does not exist (no misspelled folder is created and downloaded
+    into). ``None`` is ``default_root()``, which may be missing: it is
+    created when the data is downloaded.
+    """
+    named = root is not None
+    root = Path(root).expanduser() if named else default_root()
+    holds = f"a folder that holds {FOLDER}/ or the archive {ARCHIVE}"
+    default = f"the default data folder {default_root()} ($TINYVIT_DATA, else ~/.cache/tinyvit)"
+    if root.exists() and not root.is_dir():
+        raise _data_error(
+            lambda w: (f"{root} ({w.root})" if named else default)
+            + f" is a file, not a folder: expected {holds}"
+        )
+    if named and not root.is_dir():
+        raise _data_error(
+            lambda w: f"no folder {root} ({w.root}): expected {holds}; nothing was created or "
+            f"downloaded. To download CIFAR-10 into it, create the folder first; or "
+            f"{w.default} to use {default}, which is created and downloaded into"
+        )
+    return root
 
 
 # ---------------------------------------------------------------------------
@@ -172,13 +254,13 @@ def load_cifar10(root=None, download: bool = True, *, records: int = RECORDS_PER
 # ---------------------------------------------------------------------------
 
 
-def _by_hand(root: Path) -> str:
+def _by_hand(root: Path, root_words: str = "the root argument (--data-dir)") -> str:
     """How to put the files in place without this module's download."""
     return (
         f"on a machine with internet, download {URL}, unpack it, and put the folder "
         f"{FOLDER}/ it contains (data_batch_1.bin ... data_batch_5.bin, test_batch.bin, "
-        f"{META_FILE}) at {Path(root) / FOLDER}; or point $TINYVIT_DATA or the root "
-        "argument (--data-dir) at a folder that holds it"
+        f"{META_FILE}) at {Path(root) / FOLDER}; or point $TINYVIT_DATA or {root_words} "
+        "at a folder that holds it"
     )
 
 
@@ -194,7 +276,13 @@ def download_cifar10(
     and never used (``tinyvit.data.download``).
     """
     root = Path(root).expanduser() if root is not None else default_root()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot create the data folder {root} ({error.strerror}): point $TINYVIT_DATA "
+            "or the root argument (--data-dir) at a folder that exists or can be created"
+        ) from None
     if (root / FOLDER).is_dir():
         return root / FOLDER
     release = Release(url=url, name=ARCHIVE, size=size, md5=md5, title=TITLE)
@@ -234,6 +322,7 @@ __all__ = [
     "TITLE",
     "TRAIN_FILES",
     "URL",
+    "check_root",
     "default_root",
     "download_cifar10",
     "extract_cifar10",

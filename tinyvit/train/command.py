@@ -16,7 +16,7 @@ import dataclasses
 import sys
 
 from .. import backend, checkpoint, data, files, kernels
-from ..cli import ArgumentParser, add_setting_flag
+from ..cli import ArgumentParser, add_setting_flag, folder_type
 from ..loop import TrainingDiverged
 from ..settings import declared
 from ..vit import CONFIGS, ViTConfig
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-download", action="store_true", help="never download the data set")
     p.add_argument(
-        "--out", default="runs/cifar10",
+        "--out", default="runs/cifar10", type=folder_type,
         help="folder for checkpoints, metrics and curves (default: runs/cifar10)",
     )  # fmt: skip
     again = p.add_mutually_exclusive_group()
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     folder, trainer = RunFolder(args.out), None
     try:
         config = config_from_args(args).check()
+        data.check_root(args.data_dir)  # a misspelled --data-dir: before the folder is made
         folder.acquire()  # before the data: a second run into this folder stops here
         folder.check(resume=args.resume, overwrite=args.overwrite)
         kernels.configure_process()
@@ -132,9 +133,11 @@ def main(argv=None) -> int:
             kept = "nothing was saved"
         print(f"error: stopped at once by Ctrl-C; {kept}", file=sys.stderr)
         return 130
+    except data.DataError as error:
+        print(f"error: {error.command_line}", file=sys.stderr)  # --data-dir, not root=
+        return 2
     except (
-        data.DataError, checkpoint.CheckpointError, backend.DeviceError, RunError,
-        files.WriteError,
+        checkpoint.CheckpointError, backend.DeviceError, RunError, files.WriteError,
     ) as error:  # fmt: skip
         print(f"error: {error}", file=sys.stderr)
         return 2
