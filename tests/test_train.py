@@ -656,7 +656,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     run.send_signal(signal.SIGTERM)
     out_rest, err = run.communicate(timeout=300)
     assert run.returncode == 143, err
-    assert "SIGTERM: finishing what is under way" in out_rest and "--resume" in out_rest
+    assert "\nSIGTERM: " in out_rest and "--resume" in out_rest  # during a step or a save
     assert "Traceback" not in err
     state = json.loads(str(tinyvit.checkpoint.read_npz(out / "checkpoint.npz")["trainer/state"]))
     assert state["step"] >= 16  # the first epoch at least, and nothing half done

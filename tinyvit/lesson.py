@@ -5,19 +5,26 @@ way; lessons 7-10, which look inside a trained model, add ``--checkpoint``.
 A mistake on the command line (a flag out of range, a checkpoint that is not
 there, a folder that cannot be written, data that cannot be found) is one
 ``error: ...`` line and exit status 2, before the lesson starts its work.
+
+A lesson also runs cell by cell in Jupyter or VS Code (``jupytext --to
+notebook lessons/06_train_cifar10.py`` makes a notebook of it): there the
+command line belongs to the kernel, not to the lesson, which then takes its
+defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from . import backend, files, kernels
 from .cli import ArgumentParser, fail, folder_type
 
 # Lesson 6 writes its trained model here (the trainer's ``model.npz``); lessons
-# 7-9 start from it when it is there.
+# 7-10 start from it when it is there, else from the README's main command's.
 LESSON6_MODEL = Path("runs") / "lessons" / "06_train_cifar10" / "model.npz"
+MAIN_MODEL = Path("runs") / "cifar10" / "model.npz"  # python -m tinyvit.train's
 # The model of the default CPU run, shipped with the lessons (its provenance in the
 # README beside it): what lessons 7-10 look into when lesson 6 has not been run.
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "lessons" / "models" / "vit_cifar_tiny.npz"
@@ -32,6 +39,8 @@ def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argp
     is, for the lessons that read it. ``extra(parser)`` may add flags
     (``checkpoint_flags``).
     """
+    if argv is None and in_notebook():
+        argv = []  # sys.argv is the kernel's (-f kernel.json), not the lesson's
     parser = ArgumentParser(prog=f"lessons/{name}.py", description=description)
     parser.add_argument(
         "--out",
@@ -78,15 +87,24 @@ def checkpoint_flags(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=existing_file,
         default=None,
-        help=f"a tinyvit model to look into (default: lesson 6's, {LESSON6_MODEL}, else the "
-        "one shipped in lessons/models/; without either the lesson trains a short run first)",
+        help=f"a tinyvit model to look into (default: lesson 6's, {LESSON6_MODEL}, else "
+        f"python -m tinyvit.train's, {MAIN_MODEL}, else the one shipped in lessons/models/; "
+        "without any of them the lesson trains a short run first)",
     )
 
 
+def in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel (Jupyter, VS Code's cells)."""
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    return get is not None and type(get()).__name__ == "ZMQInteractiveShell"
+
+
 def default_model(args):
-    """The model a lesson looks into: ``--checkpoint``, else lesson 6's, else the shipped
-    one; ``None`` when there is none of them."""
-    for path in (args.checkpoint, LESSON6_MODEL, SHIPPED_MODEL):
+    """The model a lesson looks into: ``--checkpoint``, else lesson 6's, else the main
+    command's (``python -m tinyvit.train``), else the shipped one; ``None`` when there is
+    none of them."""
+    for path in (args.checkpoint, LESSON6_MODEL, MAIN_MODEL, SHIPPED_MODEL):
         if path is not None and Path(path).is_file():
             return Path(path)
     return None
@@ -134,7 +152,8 @@ def trained_model(args, dataset, short_epochs: int = 3):
         what = f"{short_epochs} epochs of lesson 6's recipe"
     print(
         f"no trained model: neither lesson 6's ({LESSON6_MODEL}; run "
-        f"lessons/06_train_cifar10.py) nor the shipped one ({SHIPPED_MODEL}): training {what} now"
+        f"lessons/06_train_cifar10.py), nor python -m tinyvit.train's ({MAIN_MODEL}), nor the "
+        f"shipped one ({SHIPPED_MODEL}): training {what} now"
     )
     try:
         trainer = Trainer(config, dataset, Path(args.out) / folder)

@@ -6,7 +6,8 @@ range or choices and its help come from there, and its default from the
 recipe. ``--help`` shows each setting's default and every recipe's value.
 
 Bad settings, data or folders are one ``error:`` line and exit status 2,
-before anything is trained; a diverging loss is status 1; Ctrl-C, 130.
+before anything is trained; a diverging loss is status 1; a run stopped by
+Ctrl-C ends with status 130, by SIGTERM with 143 (its checkpoint saved).
 """
 
 from __future__ import annotations
@@ -93,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the run already in OUT and start afresh (without it, a folder that "
         "holds a run is refused)",
     )  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bars (they are drawn only when standard error is a terminal)",
+    )  # fmt: skip
     return p
 
 
@@ -121,18 +125,20 @@ def main(argv=None) -> int:
         folder.check(resume=args.resume, overwrite=args.overwrite)
         kernels.configure_process()
         dataset = data.load_cifar10(args.data_dir, download=not args.no_download)
-        trainer = Trainer(config, dataset, folder, progress=not args.no_progress)
+        trainer = Trainer(config, dataset, folder, progress=False if args.no_progress else None)
         trainer.fit(resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        stop = trainer.stop if trainer is not None else None
         if trainer is not None and trainer.saved is not None:
             kept = f"{trainer.folder.checkpoint} (step {trainer.saved[2]}) is the last save"
         else:
             kept = "nothing was saved"
-        print(f"error: stopped at once by Ctrl-C; {kept}", file=sys.stderr)
-        return 130
+        name = stop.NAMES.get(stop.signal, "Ctrl-C") if stop and stop.signal else "Ctrl-C"
+        print(f"error: stopped at once by {name}; {kept}", file=sys.stderr)
+        return stop.exit_status if stop and stop.signal else 130
     except data.DataError as error:
         print(f"error: {error.command_line}", file=sys.stderr)  # --data-dir, not root=
         return 2
@@ -143,7 +149,7 @@ def main(argv=None) -> int:
         return 2
     finally:
         folder.release()
-    return 0 if trainer.step >= trainer.total_steps else 130  # 130: stopped by Ctrl-C
+    return 0 if trainer.step >= trainer.total_steps else trainer.stop.exit_status
 
 
 __all__ = ["build_parser", "config_from_args", "main"]
