@@ -265,7 +265,7 @@ def _by_hand(root: Path, root_words: str = "the root argument (--data-dir)") -> 
 
 
 def download_cifar10(
-    root=None, url=URL, size=SIZE, md5=MD5, progress: bool = True, timeout: float = 60.0
+    root=None, url=URL, size=SIZE, md5=MD5, progress=None, timeout: float = 60.0
 ) -> Path:
     """Download, verify and unpack the official archive into ``root``; return the batch folder.
 

@@ -35,8 +35,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
+from .. import progress as bars
 from .errors import DataError
 
 CHUNK = 1 << 20  # bytes per read while downloading, hashing and unpacking
@@ -67,7 +66,7 @@ def md5sum(path) -> str:
 
 
 def download_release(
-    release: Release, root: Path, *, by_hand: str, progress: bool = True, timeout: float = 60.0
+    release: Release, root: Path, *, by_hand: str, progress=None, timeout: float = 60.0
 ) -> Path:
     """``root / release.name``, downloaded (or resumed) and verified; DataError if it cannot be.
 
@@ -87,7 +86,7 @@ def download_release(
     return final
 
 
-def _fetch(release: Release, part: Path, by_hand: str, progress: bool, timeout: float) -> None:
+def _fetch(release: Release, part: Path, by_hand: str, progress, timeout: float) -> None:
     """Append the rest of the release to ``part`` (or start it afresh); errors say what to do."""
     url = release.url
     have = part.stat().st_size if part.is_file() else 0
@@ -100,14 +99,14 @@ def _fetch(release: Release, part: Path, by_hand: str, progress: bool, timeout: 
             length = response.headers.get("Content-Length")
             if length is not None:
                 expected = have + int(length)
-            bar = tqdm(
+            bar = bars.bar(
                 total=expected or release.size,
                 initial=have,
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
                 desc=release.title,
-                disable=not progress,
+                progress=progress,
             )
             with open(part, "ab" if have else "wb") as f, bar:
                 while chunk := response.read(CHUNK):
