@@ -157,11 +157,13 @@ for h, share in enumerate(to_cls.mean(axis=0)):
 # In the figures each row is one test image: the image, its rollout, and the
 # readout's map in each head of the last layer. Bright is where the
 # attention goes; each map is scaled to its own range, but a map whose
-# largest value is less than twice its mean gets proportionally less
-# contrast, so a nearly flat map is drawn nearly flat. The number in a
-# map's corner is that ratio: 1.0x for attention spread evenly ("flat"
-# below 1.25x), up to N (64 on an 8x8 grid) for attention on a single
-# patch.
+# largest value is less than twice its mean gets proportionally less of
+# the color bar, from its dark end, so a nearly flat map stays dark: no
+# place stands out. Below 1.25x a map is called flat and gets no color at
+# all (its image stays gray): an even color over the whole image would
+# read as strong attention everywhere. The number in a map's corner is
+# that ratio: 1.0x for attention spread evenly ("flat" below 1.25x), up to
+# N (64 on an 8x8 grid) for attention on a single patch.
 
 # %%
 for name, picked in (("right", sure_right), ("wrong", sure_wrong)):
@@ -217,7 +219,8 @@ for fusion, maps in rollouts.items():
 # answer other questions. ``max`` keeps, for each pair of tokens, the
 # strongest head's link: a patch counts if any head carries it. ``min``
 # keeps a link only if every head makes it, and with several heads that
-# soon leaves little but the residual path. ``discard_ratio`` (used in
+# soon leaves little but the residual path: its maps come out flatter,
+# drawn dim or, below 1.25x, gray. ``discard_ratio`` (used in
 # many rollout implementations) zeroes each layer's weakest links before
 # adding ``I``, which sharpens the map; the class token's column is never
 # discarded (see ``viz.discard_lowest``).

@@ -48,7 +48,9 @@ from tinyvit.interop import for_finetuning, load_official, to_official
 from tinyvit.lesson import checkpoint_flags, lesson_arguments, load_data, trained_model
 from tinyvit.resample import interpolate
 from tinyvit.vit import ViT
-from tinyvit.viz import draw_position_similarity, plt, save_figure
+from tinyvit.viz import draw_position_similarity, plot_finetune_curves, plt, save_figure
+
+FULL_STEPS = 300  # the full lesson's fine-tuning steps
 
 
 def flags(parser):
@@ -56,13 +58,13 @@ def flags(parser):
     parser.add_argument("--resolution", type=flag_type(POSITIVE_INT), default=48,
                         help="fine-tuning image size, a multiple of the patch size (48)")
     parser.add_argument("--steps", type=flag_type(POSITIVE_INT), default=None,
-                        help="fine-tuning steps (300)")  # fmt: skip
+                        help=f"fine-tuning steps ({FULL_STEPS})")  # fmt: skip
 
 
 args = lesson_arguments("09_fine_tuning", "Fine-tuning at a higher resolution.", extra=flags)
 dataset = load_data(args)
 model = trained_model(args, dataset).to(args.device)
-steps = args.steps or (6 if args.quick else 300)
+steps = args.steps or (6 if args.quick else FULL_STEPS)
 batch_size = 32 if args.quick else 64
 grid = model.patch_embed.grid
 print(f"pre-trained model: {model.num_parameters():,} parameters, {model.image_size} x "
@@ -186,30 +188,26 @@ scratch = finetune(scratch_model, x_train, y_train, x_test, y_test, steps, lr=1e
                    name="scratch", **common)  # fmt: skip
 
 # %%
-fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
-for history, label, color in ((fine_tuned, "fine-tuned from the checkpoint", "C0"),
-                               (scratch, "from scratch", "C3")):  # fmt: skip
-    seen = [r["step"] for r in history]
-    acc_ax.plot(seen, [100 * r["test_acc"] for r in history], "o-", ms=3, color=color,
-                label=f"{label} ({size} x {size})")  # fmt: skip
-    loss_ax.plot(seen, [r["train_loss"] for r in history], "o-", ms=3, color=color, label=label)
-acc_ax.axhline(100 * baseline, color="0.3", ls="--", lw=1,
-               label=f"unchanged model ({model.image_size} x {model.image_size})")  # fmt: skip
-acc_ax.axhline(100 * at_new_size, color="0.6", ls=":", lw=1.5,
-               label=f"unchanged, embeddings resampled ({size} x {size})")  # fmt: skip
-acc_ax.axhline(100 / len(TASK), color="0.85", lw=1, label="chance")
-acc_ax.set_xlabel("fine-tuning step")
-acc_ax.set_ylabel(f"test accuracy (%), {len(y_test):,} images")
-acc_ax.set_title(f"{len(TASK)} animal classes: accuracy")
-acc_ax.legend(frameon=False, fontsize=8)
-loss_ax.set_xlabel("fine-tuning step")
-loss_ax.set_ylabel("training cross-entropy (label smoothing 0.1)")
-loss_ax.set_title("training loss")
-loss_ax.legend(frameon=False, fontsize=8)
-for ax in (acc_ax, loss_ax):
-    ax.grid(alpha=0.3)
-fig.suptitle(f"Fine-tuning vs training from scratch: {steps} steps of {batch_size} images")
-print("wrote", save_figure(fig, args.out / "finetune_curves.png"))
+too_short = (
+    f"--quick: {steps} steps are too few to show fine-tuning's gain over the unchanged model; "
+    f"the full lesson ({FULL_STEPS} steps) shows it"
+    if args.quick and steps < FULL_STEPS
+    else None
+)
+path = plot_finetune_curves(
+    {f"fine-tuned from the checkpoint ({size} x {size})": fine_tuned,
+     f"from scratch ({size} x {size})": scratch},
+    {f"unchanged model ({model.image_size} x {model.image_size})": baseline,
+     f"unchanged, embeddings resampled ({size} x {size})": at_new_size,
+     "chance": 1 / len(TASK)},
+    args.out / "finetune_curves.png",
+    title=f"Fine-tuning vs training from scratch on {len(TASK)} animal classes: "
+    f"{steps} steps of {batch_size} images",
+    accuracy_label=f"test accuracy (%), {len(y_test):,} images",
+    loss_label="training cross-entropy (label smoothing 0.1)",
+    note=too_short,
+)  # fmt: skip
+print("wrote", path)
 
 print(f"\n{'model':<52} test accuracy")
 for label, value in (
@@ -219,6 +217,8 @@ for label, value in (
     (f"fine-tuned, {steps} steps at {size} x {size}", fine_tuned[-1]["test_acc"]),
 ):
     print(f"{label:<52} {100 * value:5.1f}%")
+if too_short:
+    print(too_short)
 
 # %% [markdown]
 # ## What to take away

@@ -389,6 +389,89 @@ def test_training_curves_say_what_they_plot(epochs):
     viz.plt.close(fig)
 
 
+def test_training_curves_label_the_flip_test_and_how_training_was_measured():
+    history = [record(e, test_acc=0.6 + 0.05 * e) for e in range(1, 4)]  # best: epoch 3, 75%
+    history[-1].update(test_loss_tta=0.93, test_acc_tta=0.726)
+    fig = viz.plt.figure(figsize=(10, 4.4), layout="constrained")
+    loss_ax, acc_ax = viz.draw_training_curves(fig, history, 0.1, patch_dropout=0.5,
+                                               augment="flip")  # fmt: skip
+    labels = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert labels[0] == "train (PatchDropout 0.5, flip augmentation)"
+    assert "final test with flips: 72.6%" in labels
+    flips = next(line for line in acc_ax.get_lines() if line.get_label().startswith("final"))
+    best_ring = next(line for line in acc_ax.get_lines() if line.get_mfc() == "none")
+    assert list(flips.get_xdata()) == [3] and list(flips.get_ydata()) == [pytest.approx(72.6)]
+    assert list(best_ring.get_ydata()) == [pytest.approx(75.0)]  # the best plain test
+    assert flips.get_marker() != best_ring.get_marker()
+    assert flips.get_color() != best_ring.get_color()  # a point of its own, not the ring
+    assert "final test with flips: 0.930" in [
+        t.get_text() for t in loss_ax.get_legend().get_texts()
+    ]
+    note = fig._supxlabel.get_text().replace("\n", " ")
+    assert "PatchDropout 0.5 (50% of the patch tokens dropped) and flip augmentation" in note
+    assert "label-smoothed" in note
+    viz.plt.close(fig)
+    fig = viz.plt.figure()
+    _, acc_ax = viz.draw_training_curves(fig, [record(1), record(2)])  # plain batches, no flips
+    labels = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert labels[0] == "train" and not any("flips" in label for label in labels)
+    viz.plt.close(fig)
+
+
+def test_the_trainer_tells_the_curves_how_it_trained(tmp_path, monkeypatch):
+    """write_metrics hands the run's PatchDropout and augmentation to the figure."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from tinyvit.train import Trainer, recipe
+
+    drawn = {}
+    monkeypatch.setattr(viz, "plot_training_curves", lambda *a, **kw: drawn.update(kw))
+    run = SimpleNamespace(
+        history=[record(1)], folder=tmp_path, config=recipe("cpu", augment="basic"),
+        stop=SimpleNamespace(writing=contextlib.nullcontext),
+    )  # fmt: skip
+    Trainer.write_metrics(run)
+    assert drawn["patch_dropout"] == 0.5 and drawn["augment"] == "basic"
+    run.config = recipe("cpu", augment="none", model_overrides={"patch_dropout": 0.0})
+    Trainer.write_metrics(run)
+    assert drawn["patch_dropout"] == 0.0 and drawn["augment"] == "none"
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_finetune_curves_keep_the_legend_off_the_lines_and_say_when_too_short():
+    def run(start, slope):
+        return [dict(step=s, test_acc=start + slope * s, train_loss=1.6 - 0.01 * s)
+                for s in range(1, 7)]  # fmt: skip
+
+    references = {"unchanged model": 0.655, "unchanged, resampled": 0.595, "chance": 0.2}
+    note = "--quick: 6 steps are too few to show fine-tuning's gain"
+    fig = viz.plt.figure(figsize=(11, 5), layout="constrained")
+    acc_ax, loss_ax = viz.draw_finetune_curves(
+        fig, {"fine-tuned": run(0.48, 0.001), "from scratch": run(0.2, 0.01)}, references,
+        "test accuracy (%)", "training loss", note=note,
+    )  # fmt: skip
+    fig.suptitle("title")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0]
+    box = legend.get_window_extent(renderer)
+    for ax in (acc_ax, loss_ax):  # below both panels: it covers no curve and no reference line
+        assert not overlaps(box, ax.get_window_extent(renderer))
+        assert not overlaps(box, ax.xaxis.label.get_window_extent(renderer))
+    assert [t.get_text() for t in legend.get_texts()] == ["fine-tuned", "from scratch",
+                                                          *references]  # fmt: skip
+    assert legend.get_title().get_text() == note
+    assert len(acc_ax.get_lines()) == 2 + len(references) and not acc_ax.get_legend()
+    viz.plt.close(fig)
+    fig = viz.plt.figure(layout="constrained")
+    viz.draw_finetune_curves(fig, {"fine-tuned": run(0.6, 0.01)}, {}, "accuracy", "loss")
+    assert fig.legends[0].get_title().get_text() == ""  # no caveat unless one is given
+    viz.plt.close(fig)
+    with pytest.raises(ValueError, match="runs is empty"):
+        viz.draw_finetune_curves(viz.plt.figure(), {}, references, "a", "l")
+
+
 def test_training_curves_without_smoothing_and_empty():
     fig = viz.plt.figure()
     loss_ax, _ = viz.draw_training_curves(fig, [record(1)])
@@ -405,13 +488,65 @@ def test_flat_maps_are_drawn_flat_and_peaked_ones_in_full():
     flat = np.full((4, 4), 1 / 16) + np.random.default_rng(0).normal(0, 1e-4, (4, 4))
     heat = attention_heat(flat)
     assert peak_over_mean(flat) < 1.01 and np.ptp(heat) < 0.02  # noise is not drawn as structure
-    assert abs(heat.mean() - 0.5) < 0.01
+    assert heat.max() < 0.02  # at the color map's low end ("least"), not one even middle color
     peaked = np.full((4, 4), 1.0)
     peaked[1, 2] = 4.0  # peak over mean: 4 / (19 / 16) = 3.4x
     heat = attention_heat(peaked)
     assert heat.min() == 0.0 and heat.max() == 1.0
     half = np.array([[1.0, 2.0], [1.0, 1.0]])  # 1.6x: 60% of the full contrast
     assert np.ptp(attention_heat(half)) == pytest.approx(0.6)
+    assert attention_heat(half).min() == 0.0  # from the dark end: the brightest is mid-range
+
+
+def _drawn_pixels(ax):
+    """The RGB pixels drawn inside ``ax`` (its frame excluded)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    box = ax.get_window_extent()
+    top = pixels.shape[0] - int(box.y1)
+    return pixels[top + 2 : top + int(box.height) - 2, int(box.x0) + 2 : int(box.x1) - 2]
+
+
+def test_a_flat_map_is_drawn_gray_and_says_flat():
+    """A flat map reads as "nothing stands out": no color of the attention map over the image
+    (the old drawing put one even orange over it, as if attention were strong everywhere)."""
+    rng = np.random.default_rng(0)
+    gray = rng.random((32, 32))
+    flat = np.full((8, 8), 1 / 64) + rng.normal(0, 1e-3, (8, 8))  # peak over mean about 1.2x
+    assert viz.peak_over_mean(flat) < viz.FLAT_PEAK
+    fig, (flat_ax, peaked_ax) = viz.plt.subplots(1, 2, figsize=(4, 2), dpi=100)
+    viz._draw_overlay(flat_ax, gray, flat, smooth=False)
+    peaked = np.ones((8, 8))
+    peaked[2, 5] = 20.0
+    viz._draw_overlay(peaked_ax, gray, peaked, smooth=False)
+    drawn = _drawn_pixels(flat_ax)
+    assert np.abs(drawn - drawn.mean(axis=-1, keepdims=True)).max() <= 2  # gray: R = G = B
+    assert "flat" in flat_ax.texts[0].get_text()
+    drawn = _drawn_pixels(peaked_ax)
+    assert np.abs(drawn - drawn.mean(axis=-1, keepdims=True)).max() > 25  # its peak in color
+    assert "flat" not in peaked_ax.texts[0].get_text()
+    viz.plt.close(fig)
+
+
+def test_each_position_similarity_tile_marks_its_own_position():
+    g = 4
+    model = small_vit()
+    fig = viz.plt.figure()
+    ax = viz.draw_position_similarity(fig, model)
+    mosaic = np.ma.getdata(ax.images[0].get_array())
+    marks = [p for p in ax.patches if isinstance(p, viz.plt.Rectangle)]
+    assert len(marks) == g * g
+    corners = sorted((m.get_x(), m.get_y()) for m in marks)
+    expected = sorted((c * (g + 1) + c - 0.5, r * (g + 1) + r - 0.5)
+                      for r in range(g) for c in range(g))  # fmt: skip
+    assert corners == expected  # tile (r, c), its cell (r, c)
+    for m in marks:  # each outlines a cell where a position meets itself: similarity 1
+        row, col = int(m.get_y() + 0.5), int(m.get_x() + 0.5)
+        assert mosaic[row, col] == pytest.approx(1.0, abs=1e-5)
+        assert m.get_fill() is False and m.get_edgecolor()[:3] == (1.0, 0.0, 0.0)
+    assert "the patch itself" in ax.get_title()
+    viz.plt.close(fig)
 
 
 def test_a_mean_pooled_model_reads_the_patch_tokens_average_row():

@@ -1,4 +1,4 @@
-"""Figures: training curves, attention over images, and the paper's Figure 7.
+"""Figures: training and fine-tuning curves, attention over images, and the paper's Figure 7.
 
 What the figures show is computed in ``tinyvit.inspection`` (Section 4.5 of
 the paper: attention maps and rollout, Fig. 6 and Appendix D.8; mean
@@ -15,6 +15,7 @@ atomically: a half-written figure never replaces a good one.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -34,6 +35,7 @@ from .inspection import (  # noqa: E402
     discard_lowest,
     embedding_filter_components,
     fuse_heads,
+    grid_shape,
     grid_side,
     mean_attention_distance,
     patch_distances,
@@ -53,6 +55,7 @@ __all__ = [
     "discard_lowest",
     "embedding_filter_components",
     "fuse_heads",
+    "grid_shape",
     "grid_side",
     "mean_attention_distance",
     "patch_distances",
@@ -65,9 +68,12 @@ __all__ = [
     "FLAT_PEAK",
     "FULL_CONTRAST_PEAK",
     "READERS",
+    "REFERENCE_STYLES",
+    "SELF_COLOR",
     "attention_heat",
     "draw_attention_distance",
     "draw_embedding_filters",
+    "draw_finetune_curves",
     "draw_position_similarity",
     "draw_training_curves",
     "peak_over_mean",
@@ -76,6 +82,7 @@ __all__ = [
     "plot_attention_overlays",
     "plot_embedding_filters",
     "plot_figure7",
+    "plot_finetune_curves",
     "plot_position_similarity",
     "plot_training_curves",
     "plt",
@@ -93,16 +100,56 @@ def save_figure(fig, path, dpi=130) -> Path:
         plt.close(fig)
 
 
-def draw_training_curves(fig, history, label_smoothing=0.0):
+def _train_conditions(patch_dropout=0.0, augment="none"):
+    """How the training batches differ from the test's: ``["PatchDropout 0.5",
+    "flip augmentation"]``, or nothing for plain batches of whole images."""
+    conditions = []
+    if patch_dropout:
+        conditions.append(f"PatchDropout {patch_dropout:g}")
+    if augment not in (None, "none"):
+        conditions.append(f"{augment} augmentation")
+    return conditions
+
+
+def _training_curves_note(label_smoothing, patch_dropout, augment):
+    """The figure's footnote: why the training and test numbers are not on one scale."""
+    notes = []
+    if label_smoothing:
+        notes.append(
+            "The training loss is label-smoothed (it cannot reach 0) and averaged over the "
+            "epoch's batches while the model learns; the test loss is plain cross-entropy at "
+            "the end of each epoch."
+        )
+    conditions = _train_conditions(patch_dropout, augment)
+    if patch_dropout:
+        conditions[0] += f" ({patch_dropout:.0%} of the patch tokens dropped)"
+    if conditions:
+        notes.append(
+            f"The training accuracy is counted with {' and '.join(conditions)}; the test "
+            "accuracy on whole, plain test images: a test accuracy above the training accuracy "
+            "is expected, not a bug."
+        )
+    if not notes:
+        return None
+    notes.append("Compare the curves' shapes, not their levels.")
+    return "\n".join(textwrap.wrap(" ".join(notes), 170))
+
+
+def draw_training_curves(fig, history, label_smoothing=0.0, patch_dropout=0.0, augment="none"):
     """Loss and accuracy per epoch, train and test, into ``fig``; returns the two axes.
 
-    The training numbers are means over the epoch's augmented batches as the
-    model changed, with the training loss (label-smoothed, when
-    ``label_smoothing`` > 0); the test numbers are plain cross-entropy and
-    accuracy at the end of each epoch. Label smoothing puts a floor under the
-    training loss well above 0, so a test loss below the training loss does
-    not mean the test set is easier: the two are different quantities, and
-    the figure says so.
+    The training numbers are means over the epoch's batches as the model
+    changed, with the training loss (label-smoothed, when
+    ``label_smoothing`` > 0), on images altered by ``augment`` and with a
+    share ``patch_dropout`` of the patch tokens dropped; the test numbers are
+    plain cross-entropy and accuracy on whole test images at the end of each
+    epoch. Label smoothing puts a floor under the training loss well above
+    0, and PatchDropout and augmentation make the training images harder
+    than the test's, so a test accuracy above the training accuracy does not
+    mean the test set is easier: the two are different quantities, the
+    training curve's label says how it was measured, and a footnote says
+    why. A final test with flips (``test_acc_tta`` and ``test_loss_tta`` in
+    the last record) is its own labeled point at the last epoch.
     """
     if not history:
         raise ValueError("no epochs to draw: the history is empty")
@@ -117,39 +164,96 @@ def draw_training_curves(fig, history, label_smoothing=0.0):
     loss_ax.set_title("loss")
     best = max(history, key=lambda r: r["test_acc"])
     best_label = f"test (best {100 * best['test_acc']:.1f}%, epoch {best['epoch']})"
+    conditions = _train_conditions(patch_dropout, augment)
+    train_label = "train" + (f" ({', '.join(conditions)})" if conditions else "")
     acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", ms=3,
-                label="train (augmented batches)")  # fmt: skip
+                label=train_label)  # fmt: skip
     acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "o-", ms=3,
                 label=best_label)  # fmt: skip
     acc_ax.plot([best["epoch"]], [100 * best["test_acc"]], "o", ms=7, mfc="none", color="C1")
+    last = history[-1]
+    if "test_acc_tta" in last:  # the finished model, tested on each image and its mirror
+        acc_ax.plot([last["epoch"]], [100 * last["test_acc_tta"]], "D", ms=6, color="C2",
+                    label=f"final test with flips: {100 * last['test_acc_tta']:.1f}%")  # fmt: skip
+    if "test_loss_tta" in last:
+        loss_ax.plot([last["epoch"]], [last["test_loss_tta"]], "D", ms=6, color="C2",
+                     label=f"final test with flips: {last['test_loss_tta']:.3f}")  # fmt: skip
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.set_title("accuracy")
-    first, last = min(epochs), max(epochs)
-    every = max(1, math.ceil((last - first + 1) / 10))  # at most about ten ticks
+    first, final = min(epochs), max(epochs)
+    every = max(1, math.ceil((final - first + 1) / 10))  # at most about ten ticks
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
-        ax.set_xticks(range(first, last + 1, every))  # whole epochs only
-        ax.set_xlim(first - 0.5, last + 0.5)
+        ax.set_xticks(range(first, final + 1, every))  # whole epochs only
+        ax.set_xlim(first - 0.5, final + 0.5)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=8)
-    if label_smoothing:
-        fig.supxlabel(
-            "The training loss is label-smoothed (it cannot reach 0) and averaged over "
-            "augmented batches while the model learns; the test loss is plain cross-entropy\n"
-            "at the end of each epoch. They measure different things: compare the curves' "
-            "shapes, not their levels.",
-            fontsize=8, color="0.3",
-        )  # fmt: skip
+    note = _training_curves_note(label_smoothing, patch_dropout, augment)
+    if note:
+        fig.supxlabel(note, fontsize=8, color="0.3")
     return loss_ax, acc_ax
 
 
-def plot_training_curves(history, path, title="Training on CIFAR-10", label_smoothing=0.0):
+def plot_training_curves(
+    history, path, title="Training on CIFAR-10", label_smoothing=0.0, patch_dropout=0.0,
+    augment="none",
+):  # fmt: skip
     """``draw_training_curves`` from the trainer's history records, saved to ``path``."""
-    fig = plt.figure(figsize=(10, 4.2), layout="constrained")
-    draw_training_curves(fig, history, label_smoothing)
+    fig = plt.figure(figsize=(10, 4.4), layout="constrained")
+    draw_training_curves(fig, history, label_smoothing, patch_dropout, augment)
     fig.suptitle(title)
     return save_figure(fig, path)
 
+
+REFERENCE_STYLES = (("0.3", "--", 1.0), ("0.6", ":", 1.5), ("0.8", "-", 1.0))
+
+
+def draw_finetune_curves(fig, runs, references, accuracy_label, loss_label, note=None):
+    """Runs step by step, test accuracy beside training loss, into ``fig``; returns the axes.
+
+    ``runs`` maps a label to a history (records with ``step``, ``test_acc``
+    and ``train_loss``, as ``tinyvit.finetune.finetune`` returns them);
+    ``references`` maps a label to an accuracy in [0, 1], drawn as a
+    horizontal line across the accuracy panel (the model before any
+    fine-tuning, chance). One legend for both panels sits below them, where
+    it covers neither a curve nor a reference line; ``note`` (a caveat such
+    as "too few steps to show ...") heads it, in red.
+    """
+    if not runs:
+        raise ValueError("no runs to draw: runs is empty")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for k, (label, history) in enumerate(runs.items()):
+        if not history:
+            raise ValueError(f"run {label!r} has no records to draw")
+        seen = [r["step"] for r in history]
+        color = ("C0", "C3", "C2", "C1", "C4")[k % 5]
+        acc_ax.plot(seen, [100 * r["test_acc"] for r in history], "o-", ms=3, color=color,
+                    label=label)  # fmt: skip
+        loss_ax.plot(seen, [r["train_loss"] for r in history], "o-", ms=3, color=color)
+    for k, (label, accuracy) in enumerate(references.items()):
+        gray, style, width = REFERENCE_STYLES[k % len(REFERENCE_STYLES)]
+        acc_ax.axhline(100 * accuracy, color=gray, ls=style, lw=width, label=label)
+    acc_ax.set_ylabel(accuracy_label)
+    acc_ax.set_title("test accuracy")
+    loss_ax.set_ylabel(loss_label)
+    loss_ax.set_title("training loss")
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    handles, labels = acc_ax.get_legend_handles_labels()
+    legend = fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False,
+                        fontsize=8, title=note, title_fontsize=9)  # fmt: skip
+    legend.get_title().set_color("tab:red")  # the caveat, right under the panels
+    return acc_ax, loss_ax
+
+
+def plot_finetune_curves(runs, references, path, title, accuracy_label, loss_label,
+                         note=None) -> Path:  # fmt: skip
+    """``draw_finetune_curves`` in a figure of its own, titled, saved to ``path``."""
+    fig = plt.figure(figsize=(11, 5), layout="constrained")
+    draw_finetune_curves(fig, runs, references, accuracy_label, loss_label, note)
+    fig.suptitle(title)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +282,7 @@ def _stretch(m):
 ATTENTION_CMAP = "inferno"
 READERS = {"cls": "the class token", "mean": "the patch tokens' average"}
 FULL_CONTRAST_PEAK = 2.0  # a map whose peak is twice its mean gets the color map's full range
-FLAT_PEAK = 1.25  # below this peak-over-mean a map is called flat in its corner
+FLAT_PEAK = 1.25  # below this peak-over-mean a map is flat: drawn gray, 'flat' in its corner
 
 
 def peak_over_mean(m) -> float:
@@ -188,12 +292,13 @@ def peak_over_mean(m) -> float:
 
 
 def attention_heat(m):
-    """A map's colors in [0, 1]: its own range stretched to the full color map when its
-    peak is at least ``FULL_CONTRAST_PEAK`` times its mean, and proportionally less
-    around the middle color when it is flatter (a flat map is one even color), so
-    that a nearly uniform map does not show its noise as structure."""
-    contrast = min(1.0, (peak_over_mean(m) - 1.0) / (FULL_CONTRAST_PEAK - 1.0))
-    return 0.5 + contrast * (_stretch(m) - 0.5)
+    """A map's colors in [0, 1], from the color map's low end: its own range stretched
+    to the full color map when its peak is at least ``FULL_CONTRAST_PEAK`` times its
+    mean, and to proportionally less of it when the map is flatter. A nearly uniform
+    map stays dark (nothing stands out) instead of showing its noise as structure, or
+    one even middle color as strong attention everywhere."""
+    contrast = min(1.0, max(0.0, (peak_over_mean(m) - 1.0) / (FULL_CONTRAST_PEAK - 1.0)))
+    return contrast * _stretch(m)
 
 
 def _host(x) -> np.ndarray:
@@ -209,21 +314,29 @@ def _overlay_maps(images, columns):
     B = images.shape[0]
     maps = {name: _host(m) for name, m in columns.items()}
     for name, m in maps.items():
-        if m.ndim != 3 or m.shape[0] != B or m.shape[1] != m.shape[2]:
+        if m.ndim != 3 or m.shape[0] != B:
             raise ValueError(
-                f"column {name!r}: expected ({B}, g, g) maps for {B} images, got {m.shape}"
+                f"column {name!r}: expected ({B}, rows, cols) maps for {B} images, got {m.shape}"
             )
     return images, maps
 
 
 def _draw_overlay(ax, gray, m, smooth):
-    """One ``(g, g)`` map ``m`` over a gray ``(H, W)`` image, its peak over mean in the corner."""
+    """One ``(rows, cols)`` map ``m`` over a gray ``(H, W)`` image, its peak over mean in the
+    corner.
+
+    A flat map (peak under ``FLAT_PEAK`` times its mean) gets no color at all:
+    the image stays gray, dimmed, and the corner says "flat"."""
     H, W = gray.shape
-    mode = "bilinear" if smooth or H % m.shape[-1] else "nearest"  # nearest: patch blocks
-    heat = interpolate(attention_heat(m), (H, W), mode)  # (H, W) in [0, 1]
     ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.imshow(heat, cmap=ATTENTION_CMAP, vmin=0, vmax=1, alpha=0.65, interpolation="nearest")
     peak = peak_over_mean(m)
+    if peak < FLAT_PEAK:  # nothing stands out: neutral gray, not a color that means "attention"
+        ax.imshow(np.full((H, W), 0.5), cmap="gray", vmin=0, vmax=1, alpha=0.6)
+    else:
+        blocks = not (H % m.shape[-2] or W % m.shape[-1])  # whole pixels per patch
+        mode = "nearest" if blocks and not smooth else "bilinear"  # nearest: patch blocks
+        heat = interpolate(attention_heat(m), (H, W), mode)  # (H, W) in [0, 1]
+        ax.imshow(heat, cmap=ATTENTION_CMAP, vmin=0, vmax=1, alpha=0.65, interpolation="nearest")
     ax.text(
         0.97,
         0.03,
@@ -242,9 +355,7 @@ def _attention_colorbar(fig, axes, rows):
     mappable = plt.cm.ScalarMappable(cmap=ATTENTION_CMAP, norm=plt.Normalize(0, 1))
     bar = fig.colorbar(mappable, ax=axes, shrink=min(1.0, 3.5 / rows), ticks=[0, 1], aspect=25)
     bar.ax.set_yticklabels(["least", "most"])
-    bar.set_label(
-        "attention (each map to its own range; flatter than 2x, less contrast)", fontsize=8
-    )
+    bar.set_label("attention (each map to its own range)", fontsize=8)
 
 
 def plot_attention_overlays(
@@ -259,18 +370,21 @@ def plot_attention_overlays(
 ) -> Path:
     """A grid of images with attention maps laid over them.
 
-    ``images`` are ``(B, C, H, W)`` (uint8, as CIFAR-10 stores them);
-    ``columns`` maps a column title to ``(B, g, g)`` maps (anything that
+    ``images`` are ``(B, C, H, W)`` (uint8, as CIFAR-10 stores them; a
+    photo at its own resolution too); ``columns`` maps a column title to
+    ``(B, g, g)`` or ``(B, rows, cols)`` maps (anything that
     ``cls_attention`` or ``attention_rollout`` returns). Row ``b`` shows image
     ``b`` as it is, then each column's map ``b`` over a gray copy of it. Each
     map is rescaled to its own range (dark: least attention, bright: most),
     so the colors compare places within a map, not maps with each other;
     a map whose peak is less than twice its mean gets proportionally less
-    contrast (``attention_heat``), so that a nearly flat map is not drawn as
-    strong structure. Each patch is drawn as one block of color, the one
-    number the model has for it; ``smooth=True`` blends neighboring patches
-    instead. The number in a map's corner is its peak over its mean: 1.0x is
-    a flat map (and says so below 1.25x), 16x on a 4 x 4 grid puts everything
+    of the color map, from its dark end (``attention_heat``), so that a
+    nearly flat map is not drawn as strong structure, and a flat one (under
+    ``FLAT_PEAK``) gets no color: its image stays gray. Each patch is drawn
+    as one block of color, the one number the model has for it;
+    ``smooth=True`` blends neighboring patches instead. The number in a
+    map's corner is its peak over its mean: 1.0x is a flat map (and says so
+    below ``FLAT_PEAK``), 16x on a 4 x 4 grid puts everything
     on one patch. ``row_labels`` name the rows, in ``row_colors`` if given.
     """
     images, maps = _overlay_maps(images, columns)
@@ -309,7 +423,9 @@ def plot_attention_overlays(
     if title:
         fig.suptitle(title, fontsize=11)
     note = (note + "\n" if note else "") + (
-        "corner numbers: a map's largest value over its mean (1.0x: attention spread evenly)"
+        "corner numbers: a map's largest value over its mean (1.0x: attention spread evenly);\n"
+        f"under {FULL_CONTRAST_PEAK:g}x a map gets less of the color bar, from its dark end; "
+        f"under {FLAT_PEAK:g}x it is flat, nothing stands out, and it is drawn gray"
     )
     fig.supxlabel(note, fontsize=8, color="0.3")
     return save_figure(fig, path)
@@ -411,32 +527,51 @@ def draw_embedding_filters(fig, weight, count=28, columns=7):
     return ax
 
 
-def draw_position_similarity(fig, pos_embed, num_prefix_tokens=1):
-    """Fig. 7 center, into ``fig``: one tile per patch position, with a color bar."""
+SELF_COLOR = "red"  # the outline of each position's own cell in its similarity tile
+
+
+def draw_position_similarity(fig, pos_embed, num_prefix_tokens=1, grid=None):
+    """Fig. 7 center, into ``fig``: one tile per patch position, with a color bar.
+
+    The tile in row ``r``, column ``c`` is patch ``(r, c)``'s cosine similarity
+    with every position; its own cell ``(r, c)`` (similarity 1) is outlined,
+    so that each tile shows where "itself" is. ``grid``: ``(rows, cols)`` of a
+    rectangular grid (a model gives its own).
+    """
     if hasattr(pos_embed, "pos_embed"):
+        grid = pos_embed.patch_embed.grid_size
         pos_embed = pos_embed.pos_embed
-    sim = backend.to_numpy(position_similarity(pos_embed, num_prefix_tokens))  # (g, g, g, g)
-    g = sim.shape[0]
+    sim = backend.to_numpy(position_similarity(pos_embed, num_prefix_tokens, grid))
+    rows, cols = sim.shape[:2]  # sim: (rows, cols, rows, cols)
     ax = fig.add_subplot()
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # white gaps between tiles
     im = ax.imshow(
-        _mosaic(sim.reshape(g * g, g, g), g),
+        _mosaic(sim.reshape(rows * cols, rows, cols), cols),
         cmap=cmap,
         vmin=-1,
         vmax=1,
         interpolation="nearest",
     )
-    centers = np.arange(g) * (g + 1) + (g - 1) / 2
-    step = 1 if g <= 10 else max(1, g // 7)
-    ticks = list(range(0, g, step))
-    ax.set_xticks(centers[ticks], [str(t + 1) for t in ticks], fontsize=8)
-    ax.set_yticks(centers[ticks], [str(t + 1) for t in ticks], fontsize=8)
+    for r in range(rows):  # each tile's own position: the tile of patch (r, c), its cell (r, c)
+        for c in range(cols):
+            ax.add_patch(
+                plt.Rectangle(
+                    (c * (cols + 1) + c - 0.5, r * (rows + 1) + r - 0.5), 1, 1,
+                    fill=False, edgecolor=SELF_COLOR, lw=0.9,
+                )
+            )  # fmt: skip
+    for n, set_ticks in ((cols, ax.set_xticks), (rows, ax.set_yticks)):
+        centers = np.arange(n) * (n + 1) + (n - 1) / 2
+        ticks = list(range(0, n, 1 if n <= 10 else max(1, n // 7)))
+        set_ticks(centers[ticks], [str(t + 1) for t in ticks], fontsize=8)
     ax.tick_params(length=0)
     ax.set_frame_on(False)
     ax.set_xlabel("input patch column")
     ax.set_ylabel("input patch row")
     ax.set_title(
-        "Position embedding similarity\n(tile = one patch's similarity with all)", fontsize=9
+        "Position embedding similarity\n(tile = one patch's similarity with all;\n"
+        f"{SELF_COLOR} square: the patch itself)",
+        fontsize=9,
     )
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     bar.set_label("cosine similarity", fontsize=8)
@@ -470,7 +605,8 @@ def draw_attention_distance(fig, distances, patch_size, grid):
     ax.set_xticks(layers)
     ax.set_xlabel("network depth (layer)")
     ax.set_ylabel("mean attention distance (pixels)")
-    ax.set_title(f"How far each head looks\n({grid}x{grid} patches of {patch_size} px)", fontsize=9)
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    ax.set_title(f"How far each head looks\n({rows}x{cols} patches of {patch_size} px)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="lower right", ncol=1 + heads // 7)
     return ax

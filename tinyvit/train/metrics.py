@@ -60,13 +60,17 @@ def epoch_line(record: dict, epochs: int) -> str:
     )
 
 
-def write_history(history, metrics_path, curves_path, title, label_smoothing) -> None:
-    """``metrics.jsonl`` (one JSON record per line) and ``curves.png``, each atomically."""
+def write_history(
+    history, metrics_path, curves_path, title, label_smoothing, patch_dropout=0.0, augment="none"
+) -> None:
+    """``metrics.jsonl`` (one JSON record per line) and ``curves.png``, each atomically; the
+    curves say how the training batches were altered (``patch_dropout``, ``augment``)."""
     from ..viz import plot_training_curves  # matplotlib: only when a figure is drawn
 
     lines = "".join(json.dumps(record) + "\n" for record in history)
     files.write_text(metrics_path, lines)
-    plot_training_curves(history, curves_path, title=title, label_smoothing=label_smoothing)
+    plot_training_curves(history, curves_path, title=title, label_smoothing=label_smoothing,
+                         patch_dropout=patch_dropout, augment=augment)  # fmt: skip
 
 
 __all__ = ["EpochMeter", "epoch_line", "write_history"]

@@ -285,6 +285,8 @@ class Trainer:
                 self.history, self.folder / METRICS, self.folder / CURVES,
                 title=f"{self.config.describe_model()} on CIFAR-10",
                 label_smoothing=self.config.label_smoothing,
+                patch_dropout=self.config.model_config().patch_dropout,
+                augment=self.config.augment,
             )  # fmt: skip
 
     # -- the run ---------------------------------------------------------------------
