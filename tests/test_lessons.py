@@ -31,6 +31,8 @@ FIGURES = {
     "11_kernels.py": ["blocks_and_threads.png", "float32_cdf_error.png", "reference_vs_kernel.png"],
 }
 NEEDS_DATA = {name for name in FIGURES if "06" <= name[:2] <= "10"}
+# What a --quick run is too short to show, said in its output.
+QUICK_CAVEATS = {"09_fine_tuning.py": "--quick: 6 steps are too few to show fine-tuning's gain"}
 
 
 def test_every_lesson_is_listed():
@@ -58,6 +60,7 @@ def test_lesson_runs_quick(lesson, tmp_path):
         path = out / figure
         assert path.exists() and path.stat().st_size > 5000, f"{lesson} did not write {figure}"
         assert str(path) in result.stdout  # the lesson says where it wrote it
+    assert QUICK_CAVEATS.get(lesson, "") in result.stdout
 
 
 @pytest.mark.parametrize("lesson", sorted(name for name in FIGURES if "07" <= name[:2] <= "09"))
