@@ -17,6 +17,7 @@ disagree about what is allowed.
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 from dataclasses import dataclass
@@ -77,6 +78,44 @@ NONNEGATIVE = Range(float, low=0)
 FRACTION = Range(float, low=0, high=1, high_open=True)  # dropout, label smoothing, momentum
 
 
+def image_size(name: str, value):
+    """An image size: an integer ``n`` (``n x n``) or a pair ``(H, W)`` of them, each >= 1.
+
+    A pair with equal sides comes back as its one integer, any other pair as a
+    tuple (a JSON list included), so that a square is always spelled one way:
+
+    >>> image_size("image_size", [224, 224]), image_size("image_size", (224, 320))
+    (224, (224, 320))
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(
+                f"{name} must be an integer or a pair (H, W) of integers >= 1, got {value!r}"
+            )
+        H, W = (POSITIVE_INT.check(f"{name}[{i}]", v) for i, v in enumerate(value))
+        return H if H == W else (H, W)
+    return POSITIVE_INT.check(name, value)
+
+
+def as_pair(size) -> tuple[int, int]:
+    """``(H, W)`` of an image size, an integer or a pair: ``as_pair(32) == (32, 32)``."""
+    return (size, size) if isinstance(size, numbers.Integral) else (int(size[0]), int(size[1]))
+
+
+def parse_image_size(text: str):
+    """An argparse ``type=`` for an image size: ``224`` or ``224x320`` (height x width)."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+        return image_size("size", parts[0] if len(parts) == 1 else parts)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be a size in pixels such as 224 or 224x320 (height x width), got {text!r}"
+        ) from None
+
+
+parse_image_size.__name__ = "size"
+
+
 def one_of(name: str, value, choices):
     """``value`` if it is one of ``choices``, else a ValueError listing them."""
     if value not in choices:
@@ -124,7 +163,10 @@ __all__ = [
     "POSITIVE",
     "POSITIVE_INT",
     "Range",
+    "as_pair",
     "divisors",
+    "image_size",
     "one_of",
+    "parse_image_size",
     "uint8_images",
 ]

@@ -20,7 +20,9 @@ this module computes each of them, arrays in and arrays out
 
 Every function takes NumPy or CuPy arrays (or tensors) and runs on the
 module of the array it is given (``backend.xp_of``), so a model on the GPU
-is inspected on the GPU.
+is inspected on the GPU. The patches make a square grid unless ``grid=(rows,
+cols)`` says otherwise (``model.patch_embed.grid_size``, for a model of
+rectangular images).
 """
 
 from __future__ import annotations
@@ -55,13 +57,29 @@ def grid_side(tokens: int) -> int:
     if tokens < 2 or side * side != tokens - 1:
         raise ValueError(
             f"{tokens} tokens are not a class token plus a square grid of patches "
-            f"(N + 1 with N = g*g): {tokens - 1} is not a square"
+            f"(N + 1 with N = g*g): {tokens - 1} is not a square (grid=(rows, cols) "
+            "names a rectangular grid)"
         )
     return side
 
 
-def _check_attention(attention, what="attention"):
-    """One layer's attention probabilities, ``(B, heads, T, T)`` with ``T = g*g + 1``."""
+def grid_shape(tokens: int, grid=None) -> tuple[int, int]:
+    """The ``(rows, cols)`` of the patches of ``N + 1`` tokens (class token first): ``grid``
+    (a side or a pair) checked against ``N``, or, when it is None, a square grid."""
+    if grid is None:
+        side = grid_side(tokens)
+        return side, side
+    rows, cols = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+    if rows * cols != tokens - 1:
+        raise ValueError(
+            f"{tokens} tokens are not a class token plus a grid of {rows} x {cols} patches "
+            f"({rows * cols} + 1)"
+        )
+    return rows, cols
+
+
+def _check_attention(attention, what="attention", grid=None):
+    """One layer's attention probabilities, ``(B, heads, T, T)`` with ``T = rows*cols + 1``."""
     attention = array_of(attention)
     shape = tuple(getattr(attention, "shape", ()))
     if len(shape) != 4 or shape[2] != shape[3]:
@@ -69,11 +87,11 @@ def _check_attention(attention, what="attention"):
             f"{what} must have shape (B, heads, T, T), the probabilities of one layer "
             f"(model.attention_maps()[l]); got {_describe(attention)}"
         )
-    grid_side(shape[2])
+    grid_shape(shape[2], grid)
     return attention
 
 
-def check_layers(attentions):
+def check_layers(attentions, grid=None):
     """A list of per-layer attention arrays, first layer first, with one B and one T."""
     if not isinstance(attentions, (list, tuple)):
         hint = " (wrap one layer's array in a list)" if hasattr(attentions, "shape") else ""
@@ -83,7 +101,9 @@ def check_layers(attentions):
         )
     if not attentions:
         raise ValueError("expected at least one layer's attention, got an empty list")
-    layers = [_check_attention(a, f"attention of layer {i}") for i, a in enumerate(attentions)]
+    layers = [
+        _check_attention(a, f"attention of layer {i}", grid) for i, a in enumerate(attentions)
+    ]
     first = layers[0].shape
     for i, a in enumerate(layers):
         if (a.shape[0], a.shape[2]) != (first[0], first[2]):
@@ -141,19 +161,20 @@ def readout_row(matrix, pool="cls"):
     raise ValueError(f"pool must be 'cls' or 'mean', not {pool!r}")
 
 
-def cls_attention(attention, pool="cls"):
+def cls_attention(attention, pool="cls", grid=None):
     """Per-head attention of the token the classifier reads, over the patches, on the grid.
 
     ``attention`` is one layer's ``(B, heads, N+1, N+1)`` probabilities.
     With ``pool="cls"`` (the paper's ViT) it is the class token's row: how
     much the class token takes from each patch; with ``pool="mean"`` the
     patch tokens' average row (``readout_row``). Returns ``(B, heads, g, g)``
-    with ``N = g*g``, patches row by row as ``vit.patchify`` cuts them.
+    with ``N = g*g`` (``(B, heads, rows, cols)`` for a rectangular ``grid``),
+    patches row by row as ``vit.patchify`` cuts them.
     """
-    attention = _check_attention(attention)
+    attention = _check_attention(attention, grid=grid)
     B, heads, T, _ = attention.shape
-    g = grid_side(T)
-    return readout_row(attention, pool).reshape(B, heads, g, g)  # (B, heads, g, g)
+    rows, cols = grid_shape(T, grid)
+    return readout_row(attention, pool).reshape(B, heads, rows, cols)  # (B, heads, g, g)
 
 
 # ---------------------------------------------------------------------------
@@ -163,14 +184,14 @@ def cls_attention(attention, pool="cls"):
 FUSIONS = ("mean", "max", "min")
 
 
-def fuse_heads(attention, fusion="mean"):
+def fuse_heads(attention, fusion="mean", grid=None):
     """One ``(B, T, T)`` matrix per image from a layer's ``(B, heads, T, T)`` heads.
 
     ``"mean"`` averages the heads (the rollout paper's choice); ``"max"``
     keeps, for each pair of tokens, the strongest head's weight; ``"min"``
     the weakest's: a link survives only if every head makes it.
     """
-    attention = _check_attention(attention)
+    attention = _check_attention(attention, grid=grid)
     if fusion == "mean":
         return attention.mean(axis=1)  # (B, T, T)
     if fusion == "max":
@@ -211,7 +232,7 @@ def discard_lowest(fused, ratio):
     return out
 
 
-def rollout(attentions, fusion="mean", discard_ratio=0.0):
+def rollout(attentions, fusion="mean", discard_ratio=0.0, grid=None):
     """The rolled-out attention ``R = Â_L ... Â_1``, ``(B, T, T)``.
 
     Every block adds its attention's output to a residual copy of its input
@@ -226,14 +247,14 @@ def rollout(attentions, fusion="mean", discard_ratio=0.0):
     ``R[i, j]`` is then how much of input token ``j`` ends up in token ``i``
     at the top. ``attentions`` is the list ``model.attention_maps()``.
     """
-    layers = check_layers(attentions)
+    layers = check_layers(attentions, grid)
     if fusion not in FUSIONS:
         raise ValueError(f"head fusion must be one of {FUSIONS}, not {fusion!r}")
     xp = backend.xp_of(layers[0])
     T = layers[0].shape[2]
     result = None
     for attention in layers:
-        fused = fuse_heads(attention, fusion)  # (B, T, T)
+        fused = fuse_heads(attention, fusion, grid)  # (B, T, T)
         if discard_ratio:
             fused = discard_lowest(fused, discard_ratio)
         hat = fused + xp.eye(T, dtype=fused.dtype)  # A + I: the residual path
@@ -242,20 +263,20 @@ def rollout(attentions, fusion="mean", discard_ratio=0.0):
     return result
 
 
-def attention_rollout(attentions, fusion="mean", discard_ratio=0.0, pool="cls"):
+def attention_rollout(attentions, fusion="mean", discard_ratio=0.0, pool="cls", grid=None):
     """The rollout map of each image: the classifier's row of ``R`` over the patches.
 
-    Returns ``(B, g, g)``: how much of each input patch has flowed, by the
-    last layer, into what the classifier reads (Eq. 4): the class token
-    (``pool="cls"``, row 0 of ``R``), or the average of the patch tokens
-    (``pool="mean"``, their rows averaged; ``readout_row``). The values are
-    as they come (they sum to 1 minus what went to the class token); scale
-    them for display.
+    Returns ``(B, g, g)`` (``(B, rows, cols)`` for a rectangular ``grid``):
+    how much of each input patch has flowed, by the last layer, into what the
+    classifier reads (Eq. 4): the class token (``pool="cls"``, row 0 of
+    ``R``), or the average of the patch tokens (``pool="mean"``, their rows
+    averaged; ``readout_row``). The values are as they come (they sum to 1
+    minus what went to the class token); scale them for display.
     """
-    result = rollout(attentions, fusion, discard_ratio)  # (B, T, T)
+    result = rollout(attentions, fusion, discard_ratio, grid)  # (B, T, T)
     B, T, _ = result.shape
-    g = grid_side(T)
-    return readout_row(result, pool).reshape(B, g, g)  # (B, g, g)
+    rows, cols = grid_shape(T, grid)
+    return readout_row(result, pool).reshape(B, rows, cols)  # (B, g, g)
 
 
 # ---------------------------------------------------------------------------
@@ -264,8 +285,10 @@ def attention_rollout(attentions, fusion="mean", discard_ratio=0.0, pool="cls"):
 
 
 def patch_distances(grid, patch_size, xp=np, dtype=np.float32):
-    """``(N, N)`` distances in pixels between the centers of the patches of a ``grid x grid``."""
-    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    """``(N, N)`` distances in pixels between the centers of the patches of a ``grid x grid``
+    (``grid``: a side, or ``(rows, cols)``)."""
+    n_rows, n_cols = (grid, grid) if isinstance(grid, int) else grid
+    rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
     centers = np.stack([rows, cols], axis=1) * float(patch_size)  # (N, 2), pixels
     d = np.sqrt(((centers[:, None, :] - centers[None, :, :]) ** 2).sum(axis=-1))  # (N, N)
     return xp.asarray(d, dtype=dtype)
@@ -276,7 +299,7 @@ def uniform_attention_distance(grid, patch_size) -> float:
     return float(patch_distances(grid, patch_size, dtype=np.float64).mean())
 
 
-def mean_attention_distance(attentions, patch_size):
+def mean_attention_distance(attentions, patch_size, grid=None):
     """How far each head looks, in pixels: ``(L, heads)``, averaged over images and queries.
 
     For layer ``l``, head ``h``: the mean over images and over query patches
@@ -290,9 +313,9 @@ def mean_attention_distance(attentions, patch_size):
     gives ``uniform_attention_distance`` (16.5 px on a 32 x 32 image with
     4-pixel patches).
     """
-    layers = check_layers(attentions)
+    layers = check_layers(attentions, grid)
     xp = backend.xp_of(layers[0])
-    g = grid_side(layers[0].shape[2])
+    g = grid_shape(layers[0].shape[2], grid)
     dtype = layers[0].dtype
     d = patch_distances(g, patch_size, xp, dtype)  # (N, N)
     tiny = np.finfo(dtype).tiny
@@ -347,13 +370,14 @@ def embedding_filter_components(weight, count=28):
     return images, (variance / variance.sum())[:count]
 
 
-def position_similarity(pos_embed, num_prefix_tokens=1):
+def position_similarity(pos_embed, num_prefix_tokens=1, grid=None):
     """Cosine similarity of every patch's position embedding with every other: ``(g, g, g, g)``.
 
     ``pos_embed`` is ``E_pos`` of Eq. 1, ``(1, N+1, D)`` or ``(N+1, D)``; the
     first ``num_prefix_tokens`` rows (the class token's) are dropped.
     ``out[r, c]`` is the ``g x g`` map of how similar position ``(r, c)`` is
-    to each position of the grid.
+    to each position of the grid (``(rows, cols, rows, cols)`` for a
+    rectangular ``grid``).
     """
     pos_embed = array_of(pos_embed)
     ndim = getattr(pos_embed, "ndim", 0)
@@ -366,7 +390,7 @@ def position_similarity(pos_embed, num_prefix_tokens=1):
         )
     xp = backend.xp_of(pos_embed)
     patches = pos_embed[num_prefix_tokens:]  # (N, D)
-    g = grid_side(patches.shape[0] + 1)
+    rows, cols = grid_shape(patches.shape[0] + 1, grid)
     norms = xp.sqrt((patches * patches).sum(axis=1, keepdims=True))  # (N, 1)
     unit = patches / xp.maximum(norms, np.finfo(patches.dtype).tiny)
-    return (unit @ unit.T).reshape(g, g, g, g)  # (g, g, g, g)
+    return (unit @ unit.T).reshape(rows, cols, rows, cols)  # (g, g, g, g)

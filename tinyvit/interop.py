@@ -23,7 +23,9 @@ import re
 
 import numpy as np
 
+from . import checks
 from .checkpoint import read_npz
+from .checks import as_pair
 from .resample import resample_pos_embed
 from .vit import ViT
 
@@ -38,22 +40,24 @@ def adapt(
 ):  # fmt: skip
     """Return ``(config, state_dict)`` for fine-tuning at a new resolution or class count.
 
-    A new ``image_size`` keeps the patch size and resamples the position
-    embeddings' grid. A new ``num_classes`` (or ``new_head=True``, as after
-    pre-training without labels, whose head was never trained) drops the
-    head and a ``pre_logits`` layer and puts a zero-initialized head in
-    their place.
+    A new ``image_size`` (a side, or ``(H, W)``) keeps the patch size and
+    resamples the position embeddings' grid in 2-D, to a rectangle if asked.
+    A new ``num_classes`` (or ``new_head=True``, as after pre-training
+    without labels, whose head was never trained) drops the head and a
+    ``pre_logits`` layer and puts a zero-initialized head in their place.
     """
     config, state = dict(config), dict(state_dict)
-    if image_size is not None and image_size != config["image_size"]:
-        if image_size % config["patch_size"]:
-            raise ValueError(
-                f"image_size {image_size} is not a multiple of the patch size "
-                f"{config['patch_size']}"
-            )
+    if image_size is not None:
+        image_size = checks.image_size("image_size", image_size)  # a side, or (H, W)
+    if image_size is not None and image_size != checks.image_size("", config["image_size"]):
+        P = config["patch_size"]
+        (H, W), (old_H, old_W) = as_pair(image_size), as_pair(config["image_size"])
+        if H % P or W % P:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {P}")
         if "pos_embed" in state:  # a learned E_pos; fixed sin-cos ones are made anew
+            old_grid = (old_H // P, old_W // P)
             state["pos_embed"] = resample_pos_embed(
-                state["pos_embed"], image_size // config["patch_size"], interpolation
+                state["pos_embed"], (H // P, W // P), interpolation, old_grid=old_grid
             )
         config["image_size"] = image_size
     num_classes = config["num_classes"] if num_classes is None else num_classes

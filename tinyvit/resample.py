@@ -91,24 +91,38 @@ def interpolate(x, size, mode="bilinear"):
     return xp.ascontiguousarray(r_rows @ x @ r_cols.T)  # (..., rows, cols)
 
 
-def resample_pos_embed(pos_embed, new_grid, interpolation="bicubic", num_prefix_tokens=1):
+def resample_pos_embed(
+    pos_embed, new_grid, interpolation="bicubic", num_prefix_tokens=1, old_grid=None
+):
     """Resample ``(1, prefix + g*g, D)`` position embeddings to a ``new_grid`` of patches.
 
     Section 3.2's "2D interpolation of the pre-trained position embeddings":
-    the class token's row is kept as it is; the ``g x g`` grid of patch
-    embeddings is interpolated to ``new_grid`` (an int or ``(rows, cols)``),
-    ``new = R_rows @ grid @ R_cols^T`` channel by channel. A NumPy or CuPy
-    array; the result is on its device, in its dtype (the sums in float64).
+    the class token's row is kept as it is; the grid of patch embeddings is
+    interpolated to ``new_grid`` (an int or ``(rows, cols)``), ``new = R_rows
+    @ grid @ R_cols^T`` channel by channel. The grid they come from is square
+    unless ``old_grid`` says ``(rows, cols)``. A NumPy or CuPy array; the
+    result is on its device, in its dtype (the sums in float64).
     """
     xp = xp_of(pos_embed)
     rows, cols = (new_grid, new_grid) if isinstance(new_grid, int) else new_grid
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
-    old = math.isqrt(grid.shape[0])
-    if old * old != grid.shape[0]:
-        raise ValueError(f"position embeddings of {grid.shape[0]} patches are not a square grid")
-    grid = grid.reshape(old, old, -1).astype(np.float64)  # (g, g, D)
-    r_rows = xp.asarray(interpolation_matrix(old, rows, interpolation))  # (rows, g)
-    r_cols = xp.asarray(interpolation_matrix(old, cols, interpolation))  # (cols, g)
+    if old_grid is None:
+        side = math.isqrt(grid.shape[0])
+        if side * side != grid.shape[0]:
+            raise ValueError(
+                f"position embeddings of {grid.shape[0]} patches are not a square grid "
+                "(old_grid=(rows, cols) names a rectangular one)"
+            )
+        old_grid = side
+    old_rows, old_cols = (old_grid, old_grid) if isinstance(old_grid, int) else old_grid
+    if old_rows * old_cols != grid.shape[0]:
+        raise ValueError(
+            f"position embeddings of {grid.shape[0]} patches are not a grid of "
+            f"{old_rows} x {old_cols} patches"
+        )
+    grid = grid.reshape(old_rows, old_cols, -1).astype(np.float64)  # (g_r, g_c, D)
+    r_rows = xp.asarray(interpolation_matrix(old_rows, rows, interpolation))  # (rows, g_r)
+    r_cols = xp.asarray(interpolation_matrix(old_cols, cols, interpolation))  # (cols, g_c)
     new = xp.einsum("ij,jkd,lk->ild", r_rows, grid, r_cols)  # (rows, cols, D)
     new = new.reshape(1, rows * cols, -1).astype(pos_embed.dtype)
     return xp.concatenate([prefix, new], axis=1)  # (1, prefix + rows*cols, D)

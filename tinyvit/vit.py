@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from . import backend, checks
 from . import functional as F
-from .checks import FRACTION, POSITIVE_INT
+from .checks import FRACTION, POSITIVE_INT, as_pair, parse_image_size
 from .nn import Block, Buffer, Dropout, LayerNorm, Linear, Module, Parameter, trunc_normal
 from .settings import check_settings, setting
 from .tensor import Tensor, concatenate
@@ -72,12 +73,18 @@ class PatchProjection(Module):
 
 
 class PatchEmbed(Module):
-    """Images to patch embeddings: ``x_p^i E`` for every patch ``i`` of Eq. 1."""
+    """Images to patch embeddings: ``x_p^i E`` for every patch ``i`` of Eq. 1.
+
+    ``grid_size`` is the grid of patches, ``(rows, cols)``, as timm's; ``grid``
+    is its side for a square image, else the pair, as ``image_size`` is spelled.
+    """
 
     def __init__(self, image_size, patch_size, channels, dim):
         self.patch_size = patch_size
-        self.grid = image_size // patch_size
-        self.num_patches = self.grid * self.grid
+        H, W = as_pair(image_size)
+        self.grid_size = (H // patch_size, W // patch_size)  # (rows, cols)
+        self.grid = self.grid_size[0] if H == W else self.grid_size
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = PatchProjection(channels, patch_size, dim)
 
     def forward(self, images):  # (B, C, H, W) -> (B, N, D)
@@ -111,7 +118,10 @@ class ViTConfig(Mapping):
     ``ViT(**config)``, ``dict(config)``.
     """
 
-    image_size: int = setting(kind=POSITIVE_INT, help="the side of the square input images, pixels")
+    image_size: int | tuple[int, int] = setting(
+        kind=None, help="the input images' size in pixels: a side N (N x N) or H x W",
+        metavar="N|HxW", parse=parse_image_size,
+    )  # fmt: skip
     patch_size: int = setting(kind=POSITIVE_INT, help="the patch size P")
     num_classes: int = setting(kind=POSITIVE_INT, help="the number of classes the head predicts")
     dim: int = setting(kind=POSITIVE_INT, help="the width D")
@@ -140,8 +150,11 @@ class ViTConfig(Mapping):
     def __post_init__(self):
         for name, value in check_settings(self, prefix="ViT: ").items():
             object.__setattr__(self, name, value)  # NumPy integers become Python ones
-        if self.image_size % self.patch_size:
-            fits = ", ".join(map(str, checks.divisors(self.image_size)))
+        size = checks.image_size("ViT: image_size", self.image_size)  # (H, W) or a side
+        object.__setattr__(self, "image_size", size)
+        H, W = as_pair(size)
+        if H % self.patch_size or W % self.patch_size:
+            fits = ", ".join(map(str, checks.divisors(math.gcd(H, W))))
             raise ValueError(
                 f"ViT: patch_size {self.patch_size} does not divide image_size "
                 f"{self.image_size}: the image must split into whole patches (patch sizes "
@@ -160,9 +173,17 @@ class ViTConfig(Mapping):
             )
 
     @property
-    def grid(self) -> int:
-        """Patches along a side: ``image_size / patch_size``."""
-        return self.image_size // self.patch_size
+    def grid_size(self) -> tuple[int, int]:
+        """The grid of patches, ``(rows, cols)``: ``(H / patch_size, W / patch_size)``."""
+        H, W = as_pair(self.image_size)
+        return H // self.patch_size, W // self.patch_size
+
+    @property
+    def grid(self):
+        """Patches along a side (``image_size / patch_size``); for a rectangular image,
+        the pair ``grid_size``, as ``image_size`` is spelled."""
+        rows, cols = self.grid_size
+        return rows if rows == cols else (rows, cols)
 
     def replace(self, **changes) -> ViTConfig:
         """A copy with ``changes``, checked again; an unknown name is a TypeError listing
@@ -194,7 +215,8 @@ _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ViTConfig))
 
 
 def sincos_position_embedding(grid, dim, temperature=10000.0, num_prefix_tokens=1):
-    """Fixed 2-D sin-cos position embeddings, ``(1, num_prefix_tokens + grid**2, dim)``.
+    """Fixed 2-D sin-cos position embeddings, ``(1, num_prefix_tokens + rows * cols, dim)``
+    for a ``grid`` of patches: a side (a square) or ``(rows, cols)``.
 
     As in "Better plain ViT baselines for ImageNet-1k" (Beyer et al. 2022):
     a quarter of the width each for ``sin`` and ``cos`` of the patch's column
@@ -204,7 +226,7 @@ def sincos_position_embedding(grid, dim, temperature=10000.0, num_prefix_tokens=
     """
     quarter = dim // 4
     omega = 1.0 / temperature ** (np.arange(quarter) / max(quarter - 1, 1))  # (dim/4,)
-    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    rows, cols = np.meshgrid(*(np.arange(n) for n in as_pair(grid)), indexing="ij")
     col_angles = cols.reshape(-1, 1) * omega  # (N, dim/4)
     row_angles = rows.reshape(-1, 1) * omega  # (N, dim/4)
     table = np.concatenate(
@@ -224,7 +246,9 @@ class ViT(Module):
     ``ViT(config)`` with a ``ViTConfig``. ``model.config`` is that configuration.
 
     ``model(images)`` takes a ``(B, C, H, W)`` batch (a Tensor or an array)
-    and returns ``(B, num_classes)`` logits. ``pool="mean"`` averages the
+    and returns ``(B, num_classes)`` logits. ``image_size`` is a side or a
+    pair ``(H, W)``: a rectangular image has a ``rows x cols`` grid of
+    patches and of position embeddings, as timm allows. ``pool="mean"`` averages the
     patch tokens (the class token is still there, as in timm's
     ``global_pool="avg"`` without ``fc_norm``). ``representation_size`` adds
     the ``pre_logits`` layer of ImageNet-21k checkpoints. Two options of
@@ -245,7 +269,7 @@ class ViT(Module):
         channels, pool, patch_dropout = config.channels, config.pool, config.patch_dropout
         self.image_size, self.channels, self.pool = image_size, channels, pool
         self.patch_dropout = patch_dropout
-        num_patches = config.grid**2
+        num_patches = config.grid_size[0] * config.grid_size[1]
         rng = backend.default_generator("cpu")
         dtype = backend.DEFAULT_DTYPE
         # Parameters in timm's order, so that state_dict() lists them as timm does.
@@ -253,7 +277,7 @@ class ViT(Module):
         if config.pos_embed == "learn":
             self.pos_embed = Parameter(trunc_normal((1, num_patches + 1, dim)))  # E_pos
         else:  # fixed, not learned
-            self.pos_embed = Buffer(sincos_position_embedding(image_size // patch_size, dim))
+            self.pos_embed = Buffer(sincos_position_embedding(config.grid_size, dim))
         self.patch_embed = PatchEmbed(image_size, patch_size, channels, dim)
         self.pos_drop = Dropout(config.emb_dropout)
         self.blocks = [
@@ -264,6 +288,10 @@ class ViT(Module):
         width = config.representation_size
         self.pre_logits = PreLogits(dim, width) if width else None
         self.head = Linear(width or dim, config.num_classes)
+        # How a photo becomes this model's input (a tinyvit.images.Preprocessing) and the
+        # names of its classes: the loaders set them, and checkpoints keep them.
+        self.preprocessing = None
+        self.classes = None
 
     # -- the four equations --------------------------------------------------
 
@@ -280,7 +308,7 @@ class ViT(Module):
                 f"{type(images).__name__}; np.asarray(images) makes one"
             )
         shape = tuple(images.shape)
-        expected = (self.channels, self.image_size, self.image_size)
+        expected = (self.channels, *as_pair(self.image_size))
         if len(shape) != 4 or shape[1:] != expected:
             last = shape[1:] == (*expected[1:], expected[0])  # (B, H, W, C)
             raise ValueError(
@@ -454,7 +482,8 @@ def count_parameters(
     MLP (``2 D M + M + D``); the final LayerNorm (``2D``), the optional
     pre-logits layer and the head.
     """
-    N = (image_size // patch_size) ** 2
+    H, W = as_pair(image_size)
+    N = (H // patch_size) * (W // patch_size)
     D, M = dim, mlp_dim
     block = 4 * D + (3 * D * D + 3 * D) + (D * D + D) + (2 * D * M + M + D)
     head_in = representation_size or D
