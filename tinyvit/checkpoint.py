@@ -1,9 +1,14 @@
 """Checkpoints: weights and the configuration that rebuilds their model, in one ``.npz``.
 
 ``save(model, path)`` writes every parameter under its timm name, plus the
-model's configuration as JSON, into a NumPy ``.npz`` archive. The write is
-atomic (``tinyvit.files.atomic_write``): the archive is written to a
-temporary file beside the target and renamed over it only when complete, so
+model's configuration as JSON, into a NumPy ``.npz`` archive. The JSON also
+keeps how a photo becomes the model's input (its
+``tinyvit.images.Preprocessing``: CIFAR-10's mean and standard deviation at
+its input size, unless the model says otherwise) and its class names when
+it has them; a checkpoint written before these were kept loads with
+CIFAR-10's preprocessing, as it was trained. The write is atomic
+(``tinyvit.files.atomic_write``): the archive is written to a temporary file
+beside the target and renamed over it only when complete, so
 an interrupted save never leaves a half-written checkpoint where a good one
 was. ``load(path)`` reads it back with ``allow_pickle=False`` (an ``.npz``
 then holds nothing but arrays), checks its description, and returns a ready
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, files
+from .images import Preprocessing, cifar10_preprocessing, preprocessing_of
 
 FORMAT = "tinyvit-checkpoint-1"
 META = "__tinyvit__"  # prefix of the entries that are not weights
@@ -84,6 +90,9 @@ def save(model, path, extra=None) -> Path:
     state = model.state_dict()
     dtype = next(iter(state.values())).dtype.name if state else "float32"
     meta = {"format": FORMAT, "model": type(model).__name__, "config": dict(config), "dtype": dtype}
+    meta["preprocessing"] = preprocessing_of(model).to_dict()
+    if getattr(model, "classes", None) is not None:
+        meta["classes"] = [str(name) for name in model.classes]
     arrays = {f"{META}/meta": np.array(json.dumps(meta)), **state}
     for name, value in (extra or {}).items():
         if name in arrays:
@@ -140,6 +149,16 @@ def read_meta(arrays: dict, path="checkpoint") -> dict:
             f"{path}: 'dtype' in its {key} entry must name a floating-point type "
             f"such as 'float32', not {meta['dtype']!r}"
         )
+    if "preprocessing" in meta:
+        try:
+            Preprocessing.from_dict(meta["preprocessing"], f"{path}: its preprocessing")
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+    classes = meta.get("classes")
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    ):
+        raise CheckpointError(f"{path}: 'classes' in its {key} entry must be a list of names")
     return meta
 
 
@@ -159,17 +178,23 @@ def load(path, device="cpu"):
     """Rebuild the model saved at ``path``, load its weights (on ``device``), and return it
     in evaluation mode, as a loaded model is used: no dropout, every patch token
     (``model.train()`` before fine-tuning it). Weights with NaN or infinite values are
-    refused (``check_finite``)."""
-    from .vit import ViT  # the only model kind so far
+    refused (``check_finite``). ``model.preprocessing`` and ``model.classes`` are the
+    checkpoint's (for an older one: CIFAR-10's preprocessing, no names)."""
+    from .models import KINDS, from_saved  # a ViT or a hybrid, as the checkpoint says
 
     arrays = read_npz(path)
     meta = read_meta(arrays, path)
-    if meta["model"] != "ViT":
-        raise CheckpointError(f"{path}: unknown model kind {meta['model']!r} (expected 'ViT')")
+    kind = meta["model"]
+    if kind not in KINDS:
+        raise CheckpointError(
+            f"{path}: unknown model kind {kind!r} (expected one of {', '.join(map(repr, KINDS))})"
+        )
     try:
-        model = ViT(**meta["config"]).to(dtype=np.dtype(meta["dtype"]))
+        model = from_saved(kind, meta["config"]).to(dtype=np.dtype(meta["dtype"]))
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: its configuration does not build a ViT: {error}") from None
+        raise CheckpointError(
+            f"{path}: its configuration does not build a {kind}: {error}"
+        ) from None
     weights = {k: v for k, v in arrays.items() if k in dict(model.named_parameters())}
     check_finite(weights, path)
     try:
@@ -178,4 +203,14 @@ def load(path, device="cpu"):
         raise CheckpointError(
             f"{path}: the weights do not fit its configuration: {error}"
         ) from None
+    if meta.get("classes") is not None and len(meta["classes"]) != model.config.num_classes:
+        raise CheckpointError(
+            f"{path}: it names {len(meta['classes'])} classes but its head has "
+            f"{model.config.num_classes}"
+        )
+    if "preprocessing" in meta:
+        model.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    else:  # written before checkpoints kept it: a model tinyvit trained on CIFAR-10
+        model.preprocessing = cifar10_preprocessing(model.config.image_size)
+    model.classes = tuple(meta["classes"]) if meta.get("classes") is not None else None
     return model.to(device).eval()
