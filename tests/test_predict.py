@@ -109,3 +109,13 @@ def test_python_m_tinyvit_predict(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(next(iter(blocks(result.stdout).values()))) == 1
     assert (tmp_path / "out" / "one.png").is_file()
+
+
+def test_predict_on_each_device(device, tmp_path, capsys):
+    """The model, its input and its attention on the device (the GPU, or the CuPy stand-in
+    that keeps CuPy's rules); the figure drawn on the host."""
+    path = photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    assert predict.main([str(path), "--device", device, "--out", str(out), "--top", "2"]) == 0
+    rows = next(iter(blocks(capsys.readouterr().out).values()))
+    assert len(rows) == 2 and (out / "p.png").is_file()

@@ -117,7 +117,8 @@ def describe(model, name, shipped: bool) -> str:
     H, W = as_pair(c.image_size)
     names = class_names(model)
     shape = (
-        f"ViT, {c.depth} blocks of width {c.dim} with {c.heads} heads, {H} x {W} input in "
+        f"ViT, {c.depth} block{'s' * (c.depth != 1)} of width {c.dim} with {c.heads} "
+        f"head{'s' * (c.heads != 1)}, {H} x {W} input in "
         f"{c.patch_size} x {c.patch_size} patches, {c.num_classes} classes"
     )
     lines = [f"model: {name} ({shape})"]
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
         for index, probability in best:
             print(f"  {100 * probability:6.2f}%  {names[index]}")
         index, probability = best[0]
-        figure(Path(path), photo, attentions, model, f"{names[index]}\n{probability:.0%}", out)
+        figure(Path(path), photo, attentions, model, f"{names[index]}\n{probability:.1%}", out)
         print(f"  figure: {out}")
     return 0
 
