@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_pretrained import timm_or_skip  # a test helper (tests/ is on sys.path)
 
 import tinyvit
 from tinyvit import checkpoint
@@ -226,8 +227,7 @@ def test_preprocessing_checks_each_value_and_round_trips():
 def test_prepare_equals_timms_evaluation_transform_on_a_real_photo():
     """Same resize, crop, rounding and normalization as timm (to the last bit, as both
     resample with Pillow), for square and rectangular inputs, each crop mode."""
-    pytest.importorskip("timm")
-    pytest.importorskip("torchvision")
+    timm_or_skip()
     from matplotlib import cbook
     from timm.data import create_transform, resolve_data_config
 

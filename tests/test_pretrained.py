@@ -73,6 +73,18 @@ def hub(tmp_path, monkeypatch):
     return cache
 
 
+def timm_or_skip():
+    """torch and timm, or a skip: timm is a reference for tests only, and needs a
+    torchvision built for the torch beside it (one built for another fails on import)."""
+    try:
+        import timm
+        import torch
+        import torchvision  # noqa: F401
+    except Exception as error:  # not installed, or a torchvision that does not fit
+        pytest.skip(f"timm with a working torchvision is not installed ({error})")
+    return torch, timm
+
+
 def images(seed=1, shape=(2, 3, 32, 32)):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -405,9 +417,7 @@ def test_a_bad_checksum_is_refused_and_set_aside(tmp_path, bucket):
 def test_timms_export_gives_timms_logits(hub, name, options):
     """timm's own export (save_for_hf: config.json with model_args, model.safetensors) in the
     Hub's cache layout, loaded offline: the same logits as timm, float32, relative 1e-4."""
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    pytest.importorskip("torchvision")
+    torch, timm = timm_or_skip()
     from timm.models._hub import save_for_hf
 
     torch.manual_seed(0)
@@ -431,9 +441,7 @@ def test_timms_export_gives_timms_logits(hub, name, options):
 def test_a_photo_through_timm_and_through_tinyvit(hub):
     """grace_hopper.jpg, prepared by timm's transform and by tinyvit.prepare, through the
     same weights: the same logits."""
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    pytest.importorskip("torchvision")
+    torch, timm = timm_or_skip()
     from matplotlib import cbook
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
