@@ -117,7 +117,7 @@ def register(device: str, kernels: dict, note=None) -> None:
     """Run ``kernels`` (``{op name: kernel}``) for inputs on ``device``.
 
     ``note()``, if given, returns a few words that ``describe`` adds for that
-    device (the CPU's thread count).
+    device (the CPU's threads; or, with no kernels, why there are none).
     """
     available(device).update(kernels)
     if note is not None:
@@ -146,9 +146,9 @@ def describe(device: str = "cpu") -> str:
     names = sorted(available(device))
     if _mode == "reference":
         return f"kernels: reference ({ENVIRONMENT}=reference: every op on functional.py's code)"
-    if not names:
-        return f"kernels: reference (no kernels for {device} yet)"
     note = _notes.get(device)
+    if not names:
+        return f"kernels: reference ({note() if note else f'no kernels for {device} yet'})"
     how = f", {note()}" if note is not None else ""
     return f"kernels: {device} ({', '.join(names)}{how})"
 

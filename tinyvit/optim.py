@@ -51,6 +51,7 @@ import numpy as np
 
 from . import backend
 from .backend import xp_of
+from .dispatch import replaceable
 
 # Parameters that by convention get no weight decay: biases and LayerNorm
 # gains (1-D), the position embedding and the class token.
@@ -409,27 +410,38 @@ class AdamW(Optimizer):
         super().__init__(params, defaults)
 
     def _update(self, group, data, grad, state):
-        xp = xp_of(data)
-        g = grad
-        b1, b2 = group["betas"]
         if not state:
             state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(data)
-            state["exp_avg_sq"] = xp.zeros_like(data)
+            state["exp_avg"] = xp_of(data).zeros_like(data)
+            state["exp_avg_sq"] = xp_of(data).zeros_like(data)
         state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        if group["weight_decay"]:
-            data *= 1.0 - group["lr"] * group["weight_decay"]
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
-        step_size = group["lr"] / (1.0 - b1**t)
-        denom = xp.sqrt(v)
-        denom *= 1.0 / math.sqrt(1.0 - b2**t)
-        denom += group["eps"]
-        data -= step_size * (m / denom)
+        adamw_update(
+            data, grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+            group["lr"], group["betas"], group["eps"], group["weight_decay"],
+        )  # fmt: skip
+
+
+@replaceable
+def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_decay):
+    """One AdamW step of step count ``step`` on arrays, in place: ``param``, ``exp_avg``
+    (m) and ``exp_avg_sq`` (v) are updated from ``grad``.
+
+    The reference: a dozen whole-array operations. On the CPU a kernel runs
+    it as one loop over the elements (``kernels/cpu.py``), through
+    ``dispatch`` as the ops of ``functional`` run theirs.
+    """
+    b1, b2 = betas
+    if weight_decay:
+        param *= 1.0 - lr * weight_decay
+    exp_avg *= b1
+    exp_avg += (1.0 - b1) * grad
+    exp_avg_sq *= b2
+    exp_avg_sq += (1.0 - b2) * (grad * grad)
+    step_size = lr / (1.0 - b1**step)
+    denom = xp_of(exp_avg_sq).sqrt(exp_avg_sq)
+    denom *= 1.0 / math.sqrt(1.0 - b2**step)
+    denom += eps
+    param -= step_size * (exp_avg / denom)
 
 
 class WarmupCosine:

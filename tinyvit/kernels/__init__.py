@@ -4,13 +4,12 @@
 maths, in the order its derivation reads. A kernel is a second
 implementation of one of those ops, with the same arguments and the same
 results (values and gradients; ``tests/test_kernels.py`` compares them in
-float32 and float64, on shapes cut into many blocks with a ragged last one),
+float32 and float64, on one row, ragged and non-contiguous inputs),
 written for speed on one device:
 
-    kernels/cpu.py          LayerNorm, softmax, GELU and attention on cache-sized
-                            blocks of rows, a thread per core, in place
-    kernels/fast_math.py    the float32 Gaussian CDF as a tanh polynomial (GELU)
-    kernels/cpu_runtime.py  the blocks and threads, OpenBLAS's idle threads, the allocator
+    kernels/cpu.py          softmax, LayerNorm, GELU, attention, cross-entropy and
+                            AdamW as loops numba compiles: one pass over memory
+    kernels/cpu_runtime.py  OpenBLAS's and numba's idle threads, the allocator
     kernels/cuda.py         the exact GELU with CUDA's Gaussian CDF, in one launch for Phi
 
 Importing this package registers each device's kernels in ``dispatch.py``,
@@ -23,14 +22,16 @@ one, else its reference body. The switch is the registry's, and is here too:
     with tinyvit.kernels.using("reference"): ...           # for a block of code
 
 Each op also keeps its reference body as ``op.reference``
-(``functional.gelu.reference(x)``). On the GPU the other reference ops run
-as they are, whole-array CuPy calls.
+(``functional.gelu.reference(x)``). The CPU kernels need numba
+(``pip install numba``); without it every op runs its reference on the
+CPU, and ``describe()`` says so. On the GPU the other reference ops run as
+they are, whole-array CuPy calls.
 
-Two settings belong to the whole process rather than to a kernel: OpenBLAS's
-idle threads told to sleep at once, and glibc told to keep freed memory
-(``cpu_runtime.py`` says why). Importing tinyvit changes neither;
-``configure_process()`` applies both, once, at the start of a program that
-trains or measures.
+Three settings belong to the whole process rather than to a kernel:
+OpenBLAS's and numba's idle threads told to sleep at once, and glibc told
+to keep freed memory (``cpu_runtime.py`` says why). Importing tinyvit
+changes none of them; ``configure_process()`` applies them, once, at the
+start of a program that trains or measures.
 """
 
 from __future__ import annotations
@@ -47,15 +48,19 @@ from ..dispatch import (
     use,
     using,
 )
-from . import cpu, cpu_runtime, cuda
+from . import cpu_runtime, cuda
 
-
-def _cpu_threads() -> str:
-    threads = cpu_runtime.num_threads()
-    return f"{threads} thread{'s' if threads > 1 else ''}"
-
-
-dispatch.register("cpu", cpu.KERNELS, note=_cpu_threads)
+try:
+    from . import cpu  # needs numba
+except ImportError as error:  # numba missing, or unable to load: the reference runs
+    if error.name not in ("numba", "llvmlite") and "numba" not in str(error).lower():
+        raise
+    cpu = None
+    NUMBA_PROBLEM = f"numba is not importable ({error}): pip install numba"
+    dispatch.register("cpu", {}, note=lambda: NUMBA_PROBLEM)
+else:
+    NUMBA_PROBLEM = None
+    dispatch.register("cpu", cpu.KERNELS, note=cpu_runtime.thread_note)
 dispatch.register("cuda", cuda.KERNELS)
 
 
@@ -63,23 +68,25 @@ def configure_process() -> dict:
     """Apply tinyvit's process-wide CPU settings; call once, at a program's start.
 
     * OpenBLAS's idle threads sleep at once instead of spinning for about
-      2^28 cycles, so that they leave the cores to the kernels' blocks
-      (``cpu_runtime.quiet_blas_threads``; a timeout already set in
-      ``$OPENBLAS_THREAD_TIMEOUT`` is kept). Effective whether NumPy was
-      imported before tinyvit or not.
+      2^28 cycles (``cpu_runtime.quiet_blas_threads``; a timeout already set
+      in ``$OPENBLAS_THREAD_TIMEOUT`` is kept), whether NumPy was imported
+      before tinyvit or not;
+    * so do numba's OpenMP threads after a loop (``cpu_runtime.quiet_numba_threads``;
+      a policy set in ``$OMP_WAIT_POLICY`` is kept), if called before the first kernel;
     * glibc keeps freed blocks of up to 32 MB and never trims its heap, so
       that each training step reuses the memory of the last without page
       faults (``cpu_runtime.keep_freed_memory``), at the price of the process
       keeping its peak memory.
 
-    Importing tinyvit does neither: a library that changes its host
+    Importing tinyvit does none of these: a library that changes its host
     process's threads and allocator on import would surprise the program
     that imported it. Calling it again does nothing new. Returns
-    ``{setting: applied}``, False where the process has no OpenBLAS or no
-    glibc.
+    ``{setting: applied}``, False where the process has no OpenBLAS, numba's
+    threads started already, or the C library is not glibc.
     """
     return {
         "openblas_threads_sleep": cpu_runtime.quiet_blas_threads(),
+        "numba_threads_sleep": cpu is not None and cpu_runtime.quiet_numba_threads(),
         "malloc_keeps_freed_memory": cpu_runtime.keep_freed_memory(),
     }
 
@@ -87,6 +94,7 @@ def configure_process() -> dict:
 __all__ = [
     "ENVIRONMENT",
     "MODES",
+    "NUMBA_PROBLEM",
     "available",
     "configure_process",
     "describe",

@@ -1,341 +1,466 @@
-"""CPU kernels: reference ops of ``functional.py``, rewritten for the way a CPU runs them.
+"""CPU kernels: ops of ``functional.py`` as loops that numba compiles, one pass over memory.
 
-Each kernel computes what its reference computes, in the same order of
-ideas, and returns the same values and gradients (to rounding; the float32
-GELU to its stated error). Three changes make them faster
-(``cpu_runtime.py`` explains each):
+NumPy runs an expression one operation at a time, and each operation is a
+pass over its whole array: the exact GELU with its derivative reads and
+writes the MLP's activation about twenty times, LayerNorm about ten. A
+kernel here is the same maths as its reference, written as a loop whose
+every iteration does all of the op's work on one row (or one element)
+while it sits in registers: one pass over memory. numba compiles each loop
+to machine code for this CPU the first time it is called, vectorizes its
+inner loops (SIMD), and ``prange`` shares its iterations among a thread per
+core. ``cache=True`` keeps the machine code in ``__pycache__`` beside this
+file, so a machine compiles once. numba checks that cache against this
+file only, which is why everything it compiles lives here; the constants
+it takes from ``special.py`` are frozen into the machine code, and the
+tests compare them with the reference's (after changing them, delete
+``tinyvit/kernels/__pycache__``).
 
-* **cache-sized blocks**: the rows are cut into blocks small enough for the
-  core's cache, and every step of a layer runs on one block before the next
-  block starts, so that each step after the first finds its data in cache
-  instead of streaming the whole activation through memory again;
-* **a thread per core**: the blocks are independent, and NumPy releases the
-  GIL inside its loops, so the blocks run side by side;
-* **in place**: results go into arrays made once (``out=``, ``+=``), so a
-  step allocates nothing and touches no fresh memory.
+One iteration of a ``prange`` loop is what one thread of a CUDA kernel
+would do: the rows are independent, each writes only its own output.
+Where rows must be added together (LayerNorm's weight gradient), each part
+of the rows sums its own, and the parts are added afterwards in a fixed
+order, so the result does not depend on the number of threads.
 
-And some arithmetic is cheaper: row sums of short rows as a matrix-vector
-product with ones (BLAS runs it as one vectorized loop, where a NumPy
-reduction along a short last axis pays its set-up cost row by row), the
-float32 Gaussian CDF as a tanh polynomial with half the passes of the erf
-(``fast_math.py``), GELU's derivative computed in the forward pass (where
-every piece of it is at hand) and kept instead of ``x``.
+Three rules keep the loops vectorized and exact:
 
-``linear`` has no kernel: its work is matrix products (one forward, two
-backward), which the reference already hands to BLAS whole.
+* **No library calls for e^x.** numba from PyPI has no vector math library,
+  so ``math.exp`` in a loop is one scalar call per element and stops the
+  vectorizer. ``exp_nonpositive`` writes e^x out: range reduction, a Taylor
+  series, and 2^k made from its bits, its relative error below the float's
+  epsilon (tested).
+* **Literals in the input's precision.** numba types ``0.5`` as float64 and
+  would do float32 arithmetic in float64, at half the vector width: every
+  constant is cast with ``real = x.dtype.type`` first.
+* **fastmath only where its effect is bounded.** ``contract`` lets ``a * b + c``
+  round once instead of twice (never less accurate); ``reassoc`` lets a row
+  sum be added in vector lanes, in another order than left to right: every
+  order has the same error bound, ``(n - 1) u sum |x_i|``. The tests hold
+  each kernel to its reference within it. AdamW's update uses neither, and
+  equals its reference to the bit.
 
-``KERNELS`` maps each op's name in ``functional`` to its kernel;
-``kernels/__init__.py`` registers them for the ``"cpu"`` device
-(``dispatch.register``). A kernel imports nothing from ``functional``: the
-argument checks come from ``op_checks``, a case it leaves to the reference
-(softmax along another axis than the last) from ``dispatch.reference``.
+The matrix products stay with NumPy (OpenBLAS): ``linear`` has no kernel,
+and the attention hands its four products to NumPy and its softmax, scale
+and row sums to a loop. ``KERNELS`` maps each op's name to its kernel;
+``kernels/__init__.py`` registers them for the ``"cpu"`` device. A kernel
+imports nothing from ``functional``: the argument checks come from
+``op_checks``, the cases it leaves to the reference (softmax along another
+axis, float16) from ``dispatch.reference``.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .. import dispatch
-from ..backend import xp_of
-from ..op_checks import check_attention, check_layer_norm, check_self_attention
-from ..special import SQRT_2_OVER_PI, TANH_CUBIC, normal_cdf
-from ..tensor import Tensor, as_tensor, is_grad_enabled
-from .cpu_runtime import (
-    BLAS_THREADED_PRODUCT,
-    for_each_chunk,
-    one_blas_thread,
-    parallel,
-    row_blocks,
+from ..op_checks import (
+    check_attention,
+    check_cross_entropy,
+    check_layer_norm,
+    check_self_attention,
 )
-from .fast_math import normal_cdf_tanh
+from ..special import ERF_COEFFICIENTS, ERF_P, SQRT_2_OVER_PI, TANH_CUBIC
+from ..tensor import Tensor, as_tensor
+
+ELEMENTWISE = {"contract"}  # a * b + c rounded once (a fused multiply-add)
+ROW_SUMS = {"contract", "reassoc"}  # ...and sums added in vector lanes
+
+# e^t = 2^k e^r with t = k ln 2 + r: ln 2 in two parts, the first with 9 significant
+# bits so that k * LN2_HI is exact for every k an exponent can hold
+LN2_HI = 0.693359375
+LN2_LO = -2.1219444005469058277e-4  # ln 2 - LN2_HI
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+ROWS_PER_PART = 64  # rows summed by one iteration, for the sums over rows
+NORMAL_CDF_FLOAT32_ERROR = 1.2e-7  # max |Phi - normal_cdf_and_gauss| in float32, tested
+
 
 # ---------------------------------------------------------------------------
-# softmax along the last axis, by blocks of rows
+# the scalar maths of the loops: e^t, Phi(x), tanh(u)
 # ---------------------------------------------------------------------------
+
+
+def exp_nonpositive(t):
+    """``e^t`` for ``t <= 0``; in Python, ``math.exp``. In a loop, numba compiles the body
+    that ``_exp_nonpositive_for`` below returns for the type of ``t``."""
+    return math.exp(t)
+
+
+@overload(exp_nonpositive, jit_options={"fastmath": ELEMENTWISE})
+def _exp_nonpositive_for(t):
+    """``e^t`` for ``t <= 0`` in ``t``'s precision, relative error below its epsilon, in
+    a form a loop can vectorize; 0 where ``e^t`` is below the smallest normal number.
+
+    With ``k`` the integer nearest ``t / ln 2`` and ``r = t - k ln 2`` (so
+    ``|r| <= ln 2 / 2``), ``e^t = 2^k e^r``: ``e^r`` by its Taylor series (to
+    ``r^7 / 7!`` for float32, ``r^13 / 13!`` for float64), and ``2^k`` written
+    straight into the bits of a float, whose exponent field holds ``k + 127``
+    (float32) or ``k + 1023`` (float64). numba calls this once per type of ``t``
+    and compiles the function it returns, with these constants in it.
+    """
+    single = t == types.float32
+    real, bits = (np.float32, np.int32) if single else (np.float64, np.int64)
+    mantissa, bias = (23, 127) if single else (52, 1023)
+    taylor = tuple(real(1.0 / math.factorial(n)) for n in range(7 if single else 13, -1, -1))
+    lowest = real(math.log(np.finfo(real).tiny))
+    log2_e, ln2_hi, ln2_lo = real(1.0 / math.log(2.0)), real(LN2_HI), real(LN2_LO)
+
+    def exp_nonpositive_body(t):
+        if t < lowest:
+            return real(0.0)
+        k = np.floor(t * log2_e + real(0.5))
+        r = (t - k * ln2_hi) - k * ln2_lo
+        p = taylor[0]
+        for n in range(1, len(taylor)):  # Horner's rule
+            p = p * r + taylor[n]
+        return p * bits((bits(k) + bias) << mantissa).view(real)
+
+    return exp_nonpositive_body
+
+
+@njit(inline="always", fastmath=ELEMENTWISE)
+def normal_cdf_and_gauss(x):
+    """``Phi(x)`` and ``e^(-x^2 / 2)`` in ``x``'s precision, by the reference's erf fit.
+
+    ``special.normal_cdf`` takes ``Phi(-|x|) = erfc(a) / 2`` with ``a = |x| / sqrt 2``
+    and ``erfc(a) = exp(Q(s) - log1p(p a) - a^2)``, ``s = p a / (1 + p a)``. The same,
+    with the logarithm turned into a division and ``e^(-a^2) = e^(-x^2 / 2)`` kept
+    apart (GELU's derivative needs it): ``Phi(-|x|) = e^Q(s) e^(-x^2 / 2) / (2 (1 + p a))``.
+    In float64 it equals the reference to rounding; in float32 it is within
+    ``NORMAL_CDF_FLOAT32_ERROR`` of ``Phi``, as the reference's own float32 erf is.
+    """
+    real = type(x)
+    pa = abs(x) * real(INV_SQRT_2 * ERF_P)
+    inverse = real(1.0) / (pa + real(1.0))
+    s = pa * inverse
+    q = real(ERF_COEFFICIENTS[-1])
+    for c in ERF_COEFFICIENTS[-2::-1]:  # Q(s) = s (c1 + s (c2 + ... + s c12))
+        q = q * s + real(c)
+    gauss = exp_nonpositive(real(-0.5) * x * x)
+    tail = exp_nonpositive(q * s) * gauss * (real(0.5) * inverse)  # Phi(-|x|)
+    return (tail if x < real(0.0) else real(1.0) - tail), gauss
+
+
+@njit(inline="always", fastmath=ELEMENTWISE)
+def gelu_and_slope(x):
+    """``x Phi(x)`` and its derivative ``Phi(x) + x phi(x)``, with the Gaussian density
+    ``phi(x) = e^(-x^2 / 2) / sqrt(2 pi)``."""
+    real = type(x)
+    cdf, gauss = normal_cdf_and_gauss(x)
+    return x * cdf, cdf + x * (gauss * real(INV_SQRT_2PI))
+
+
+@njit(inline="always", fastmath=ELEMENTWISE)
+def gelu_tanh_and_slope(x):
+    """The tanh form ``x (1 + t) / 2``, ``t = tanh(u)``, ``u = sqrt(2/pi) (x + c x^3)`` with
+    ``c = 0.044715``, and its derivative ``(1 + t) / 2 + x (1 - t^2) u' / 2``; ``tanh(u)``
+    as ``(1 - e) / (1 + e)``, ``e = e^(-2|u|)``, with the sign of ``u``."""
+    real = type(x)
+    u = real(SQRT_2_OVER_PI) * (x + real(TANH_CUBIC) * x * x * x)
+    e = exp_nonpositive(real(-2.0) * abs(u))
+    t = (real(1.0) - e) / (real(1.0) + e)
+    t = t if u >= real(0.0) else -t
+    du = real(SQRT_2_OVER_PI) * (real(1.0) + real(3.0 * TANH_CUBIC) * x * x)
+    half_x = real(0.5) * x
+    return half_x * (real(1.0) + t), real(0.5) * (real(1.0) + t) + half_x * (real(1.0) - t * t) * du
+
+
+# ---------------------------------------------------------------------------
+# the loops
+# ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, fastmath=ELEMENTWISE)
+def gelu_loop(x, y, slope):
+    """``y = x Phi(x)`` and its derivative ``slope``, element by element."""
+    for i in prange(x.size):
+        y[i], slope[i] = gelu_and_slope(x[i])
+
+
+@njit(parallel=True, cache=True, fastmath=ELEMENTWISE)
+def gelu_tanh_loop(x, y, slope):
+    """The tanh form, ``y`` and its derivative ``slope``."""
+    for i in prange(x.size):
+        y[i], slope[i] = gelu_tanh_and_slope(x[i])
+
+
+@njit(parallel=True, cache=True)
+def multiply_loop(a, b, out):
+    """``out = a * b``, element by element."""
+    for i in prange(a.size):
+        out[i] = a[i] * b[i]
+
+
+@njit(parallel=True, cache=True, fastmath=ROW_SUMS)
+def softmax_loop(x, y, scale):
+    """``y = softmax(scale x)`` row by row (``y`` may be ``x``): the rows' maxima, then in
+    each row ``e = exp(scale x - max)`` and its sum, then ``e / sum``.
+
+    The maxima come first, in a loop of their own: a running maximum is a chain
+    in which each step waits for the one before, and with every row's chain
+    in one loop the CPU runs several rows' chains at once.
+    """
+    rows, n = x.shape
+    real = x.dtype.type
+    top = np.empty(rows, dtype=x.dtype)
+    for i in prange(rows):
+        largest = scale * x[i, 0]
+        for j in range(1, n):
+            largest = max(largest, scale * x[i, j])
+        top[i] = largest
+    for i in prange(rows):
+        total = real(0.0)
+        for j in range(n):
+            e = exp_nonpositive(scale * x[i, j] - top[i])
+            y[i, j] = e
+            total += e
+        inverse = real(1.0) / total
+        for j in range(n):
+            y[i, j] *= inverse
+
+
+@njit(parallel=True, cache=True, fastmath=ROW_SUMS)
+def softmax_backward_loop(y, g, gx, scale):
+    """``gx = y (g - sum(g y)) scale`` row by row (``gx`` may be ``g``)."""
+    rows, n = y.shape
+    real = y.dtype.type
+    for i in prange(rows):
+        total = real(0.0)
+        for j in range(n):
+            total += g[i, j] * y[i, j]
+        for j in range(n):
+            gx[i, j] = y[i, j] * (g[i, j] - total) * scale
+
+
+@njit(parallel=True, cache=True, fastmath=ROW_SUMS)
+def layer_norm_loop(x, weight, bias, eps, y, mean, rstd):
+    """Row by row: the mean, ``r = 1 / sqrt(var + eps)``, ``y = (x - mean) r weight + bias``;
+    keeps ``mean`` and ``rstd = r`` for the backward."""
+    rows, dim = x.shape
+    real = x.dtype.type
+    for i in prange(rows):
+        total = real(0.0)
+        for j in range(dim):
+            total += x[i, j]
+        mu = total / real(dim)
+        squares = real(0.0)
+        for j in range(dim):
+            squares += (x[i, j] - mu) * (x[i, j] - mu)
+        r = real(1.0) / np.sqrt(squares / real(dim) + eps)
+        for j in range(dim):
+            y[i, j] = (x[i, j] - mu) * r * weight[j] + bias[j]
+        mean[i], rstd[i] = mu, r
+
+
+@njit(parallel=True, cache=True, fastmath=ROW_SUMS)
+def layer_norm_backward_loop(g, x, weight, mean, rstd, gx, gw_parts, gb_parts):
+    """Row by row, with ``xhat = (x - mean) r`` made again and ``h = g weight``:
+    ``gx = r (h - mean(h) - xhat mean(h xhat))``; each part of ``ROWS_PER_PART`` rows
+    adds its ``g xhat`` and ``g`` into its own row of ``gw_parts`` and ``gb_parts``."""
+    rows, dim = x.shape
+    real = x.dtype.type
+    for part in prange(gw_parts.shape[0]):
+        gw_parts[part, :] = real(0.0)
+        gb_parts[part, :] = real(0.0)
+        for i in range(part * ROWS_PER_PART, min(rows, (part + 1) * ROWS_PER_PART)):
+            sum_h, sum_hx = real(0.0), real(0.0)
+            for j in range(dim):
+                xhat = (x[i, j] - mean[i]) * rstd[i]
+                sum_h += g[i, j] * weight[j]
+                sum_hx += g[i, j] * weight[j] * xhat
+                gw_parts[part, j] += g[i, j] * xhat
+                gb_parts[part, j] += g[i, j]
+            mean_h, mean_hx = sum_h / real(dim), sum_hx / real(dim)
+            for j in range(dim):
+                xhat = (x[i, j] - mean[i]) * rstd[i]
+                gx[i, j] = rstd[i] * (g[i, j] * weight[j] - mean_h - xhat * mean_hx)
+
+
+@njit(cache=True, fastmath=ROW_SUMS)
+def cross_entropy_loop(logits, probs, smoothing, losses, grad):
+    """Row by row (one example each; too few for threads): with ``p = (1 - e) probs + e / C``,
+    ``logp = x - max - log(sum(exp(x - max)))``, ``loss = -sum(p logp)`` and the gradient
+    ``softmax(x) sum(p) - p``."""
+    batch, classes = logits.shape
+    real = logits.dtype.type
+    keep, spread = real(1.0 - smoothing), real(smoothing / classes)
+    for b in range(batch):
+        top = logits[b, 0]
+        for c in range(1, classes):
+            top = max(top, logits[b, c])
+        total = real(0.0)
+        for c in range(classes):
+            total += exp_nonpositive(logits[b, c] - top)
+        log_total = real(math.log(total))
+        loss, mass = real(0.0), real(0.0)
+        for c in range(classes):
+            p = probs[b, c] * keep + spread if smoothing else probs[b, c]
+            loss -= p * ((logits[b, c] - top) - log_total)
+            mass += p
+            grad[b, c] = p  # for now: the target
+        for c in range(classes):
+            softmax = exp_nonpositive((logits[b, c] - top) - log_total)
+            grad[b, c] = softmax * mass - grad[b, c]
+        losses[b] = loss
+
+
+@njit(parallel=True, cache=True)
+def adamw_loop(param, grad, m, v, decay, beta1, rest1, beta2, rest2, step_size, bias2, eps):
+    """AdamW element by element, in the reference's order of operations (so to the bit):
+    ``p *= decay``, ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``p -= step_size m / (sqrt(v) bias2 + eps)``; ``rest1 = 1 - b1``, ``rest2 = 1 - b2``."""
+    for i in prange(param.size):
+        m[i] = m[i] * beta1 + rest1 * grad[i]
+        v[i] = v[i] * beta2 + rest2 * (grad[i] * grad[i])
+        denominator = np.sqrt(v[i]) * bias2 + eps
+        param[i] = param[i] * decay - step_size * (m[i] / denominator)
+
+
+# ---------------------------------------------------------------------------
+# the ops: arrays in the loops' layout, the loops, the backward
+# ---------------------------------------------------------------------------
+
+LOOP_DTYPES = (np.float32, np.float64)
 
 
 def _rows(a):
-    """``a`` as a 2-D ``(rows, last axis)`` array (a view when ``a`` is contiguous)."""
-    return a.reshape(-1, a.shape[-1])
+    """``a`` as a C-contiguous ``(rows, last axis)`` array (a view when it already is)."""
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
 
 
-def _row_sums(a):
-    """``a.sum(-1, keepdims=True)`` of a contiguous block, as a product with a vector of ones."""
-    ones = xp_of(a).ones(a.shape[-1], dtype=a.dtype)
-    return (_rows(a) @ ones).reshape(*a.shape[:-1], 1)
-
-
-def _softmax_rows(x, out):
-    """One block: ``out = softmax(x)`` along the last axis (``out`` may be ``x``)."""
-    xp = xp_of(x)
-    xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)
-    xp.exp(out, out=out)
-    out /= _row_sums(out)
-
-
-def _softmax_backward_rows(y, g, out):
-    """One block: ``out = y * (g - sum(g * y))`` (``out`` may be ``g``)."""
-    xp = xp_of(y)
-    total = _row_sums(g * y)
-    xp.subtract(g, total, out=out)
-    out *= y
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
 
 
 def softmax(x, axis=-1) -> Tensor:
     x = as_tensor(x)
-    if axis not in (-1, x.ndim - 1):
-        return dispatch.reference("softmax")(x, axis)  # not rows: the reference
-    xp = xp_of(x.data)
-    y = xp.empty(x.shape, dtype=x.dtype)
-    for_each_chunk(_softmax_rows, _rows(x.data), _rows(y))
+    if axis not in (-1, x.ndim - 1) or x.dtype not in LOOP_DTYPES:
+        return dispatch.reference("softmax")(x, axis)  # not rows, or a dtype without loops
+    one = x.dtype.type(1.0)
+    y = np.empty(x.shape, dtype=x.dtype)
+    softmax_loop(_rows(x.data), y.reshape(-1, x.shape[-1]), one)
 
     def backward(g):
-        gx = xp.empty(y.shape, dtype=y.dtype)
-        for_each_chunk(_softmax_backward_rows, _rows(y), _rows(g), _rows(gx))
+        gx = np.empty(y.shape, dtype=y.dtype)
+        softmax_backward_loop(_rows(y), _rows(g), gx.reshape(-1, y.shape[-1]), one)
         return (gx,)
 
     return Tensor.from_op(y, (x,), backward, "softmax")
 
 
-# ---------------------------------------------------------------------------
-# LayerNorm, by blocks of rows
-# ---------------------------------------------------------------------------
-
-
-def _layer_norm_rows(x, y, xhat, r, weight, bias, eps):
-    """One block of rows ``(R, D)``: the forward, keeping ``xhat`` and ``r`` for backward.
-
-    Row means are matrix-vector products with ``1/D``.
-    """
-    xp = xp_of(x)
-    average = xp.full(x.shape[-1], 1.0 / x.shape[-1], dtype=x.dtype)  # (D,)
-    xp.subtract(x, (x @ average)[:, None], out=xhat)  # x - mean
-    xp.multiply(xhat, xhat, out=y)  # y as scratch: squared deviations
-    variance = y @ average  # (R,), biased
-    variance += eps
-    xp.sqrt(variance, out=variance)
-    xp.divide(1.0, variance, out=r[:, 0])  # 1 / sqrt(var + eps)
-    xhat *= r  # (R, D) normalized
-    if weight is not None:
-        xp.multiply(xhat, weight, out=y)
+def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean") -> Tensor:
+    logits, probs = check_cross_entropy(logits, target, label_smoothing, reduction)
+    if logits.dtype not in LOOP_DTYPES:
+        return dispatch.reference("cross_entropy")(logits, target, label_smoothing, reduction)
+    batch = logits.shape[0]
+    per_example = np.empty(batch, dtype=logits.dtype)  # (B,)
+    grad = np.empty(logits.shape, dtype=logits.dtype)  # (B, C): d(sum of losses)/d logits
+    cross_entropy_loop(_rows(logits.data), _rows(probs), float(label_smoothing), per_example, grad)
+    if reduction == "none":
+        loss = per_example
     else:
-        y[...] = xhat
-    if bias is not None:
-        y += bias
+        total = per_example.mean() if reduction == "mean" else per_example.sum()
+        loss = np.asarray(total, dtype=logits.dtype)
 
+    def backward(g):
+        if reduction == "none":
+            return (grad * g[:, None],)
+        return (grad * (g / batch if reduction == "mean" else g),)
 
-def _layer_norm_backward_rows(g, g_xhat, xhat, r, weight, gx):
-    """One block: ``gx = r * (h - mean(h) - xhat * mean(h * xhat))`` with ``h = g * weight``.
-
-    With ``w = weight / D``, ``mean(h) = g @ w`` and ``mean(h * xhat) = (g * xhat) @ w``:
-    two matrix-vector products. ``g_xhat = g * xhat`` comes in computed, as the
-    weight's gradient needs it too.
-    """
-    xp = xp_of(g)
-    scaled = (weight if weight is not None else xp.ones(g.shape[-1], dtype=g.dtype)) / g.shape[-1]
-    mean_h = g @ scaled  # (R,)
-    mean_hx = g_xhat @ scaled  # (R,)
-    if weight is not None:
-        xp.multiply(g, weight, out=gx)  # h
-    else:
-        gx[...] = g
-    gx -= mean_h[:, None]
-    gx -= xhat * mean_hx[:, None]
-    gx *= r
+    return Tensor.from_op(loss, (logits,), backward, "cross_entropy")
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     x, weight, bias = check_layer_norm(x, weight, bias)
-    xp = xp_of(x.data)
-    dim = x.shape[-1]
-    w = None if weight is None else weight.data
-    b = None if bias is None else bias.data
+    if x.dtype not in LOOP_DTYPES:
+        return dispatch.reference("layer_norm")(x, weight, bias, eps)
+    real, dim = x.dtype.type, x.shape[-1]
+    w = np.ones(dim, x.dtype) if weight is None else np.ascontiguousarray(weight.data)
+    b = np.zeros(dim, x.dtype) if bias is None else np.ascontiguousarray(bias.data)
     rows = _rows(x.data)  # (R, D)
-    y = xp.empty(rows.shape, dtype=x.dtype)
-    xhat = xp.empty(rows.shape, dtype=x.dtype)
-    r = xp.empty((rows.shape[0], 1), dtype=x.dtype)
-    blocks = row_blocks(rows)
-    parallel(lambda s: _layer_norm_rows(rows[s], y[s], xhat[s], r[s], w, b, eps), blocks)
+    y = np.empty(rows.shape, dtype=x.dtype)
+    mean = np.empty(rows.shape[0], dtype=x.dtype)  # (R,)
+    rstd = np.empty(rows.shape[0], dtype=x.dtype)  # (R,)
+    layer_norm_loop(rows, w, b, real(eps), y, mean, rstd)
 
     def backward(g):
-        g = _rows(g)  # (R, D)
-        gx = xp.empty(rows.shape, dtype=x.dtype) if x.requires_grad else None
-        # per-block sums for the weight and bias gradients, added up in a fixed order
-        gw = xp.empty((len(blocks), dim), dtype=x.dtype)
-        gb = xp.empty((len(blocks), dim), dtype=x.dtype)
-
-        def block(i):
-            s = blocks[i]
-            g_xhat = g[s] * xhat[s]  # (rows, D): for dL/dx and for dL/dweight
-            if gx is not None:
-                _layer_norm_backward_rows(g[s], g_xhat, xhat[s], r[s], w, gx[s])
-            ones = xp.ones(s.stop - s.start, dtype=x.dtype)  # sums over rows, by BLAS
-            if weight is not None and weight.requires_grad:
-                xp.matmul(ones, g_xhat, out=gw[i])
-            if bias is not None and bias.requires_grad:
-                xp.matmul(ones, g[s], out=gb[i])
-
-        parallel(block, range(len(blocks)))
-        return (
-            None if gx is None else gx.reshape(x.shape),
-            gw.sum(axis=0) if weight is not None and weight.requires_grad else None,
-            gb.sum(axis=0) if bias is not None and bias.requires_grad else None,
-        )
+        parts = -(-rows.shape[0] // ROWS_PER_PART)
+        gx = np.empty(rows.shape, dtype=x.dtype)
+        gw_parts = np.empty((parts, dim), dtype=x.dtype)
+        gb_parts = np.empty((parts, dim), dtype=x.dtype)
+        layer_norm_backward_loop(_rows(g), rows, w, mean, rstd, gx, gw_parts, gb_parts)
+        gw = gw_parts.sum(axis=0) if weight is not None and weight.requires_grad else None
+        gb = gb_parts.sum(axis=0) if bias is not None and bias.requires_grad else None
+        return (gx.reshape(x.shape) if x.requires_grad else None), gw, gb
 
     return Tensor.from_op(y.reshape(x.shape), (x, weight, bias), backward, "layer_norm")
 
 
-# ---------------------------------------------------------------------------
-# GELU: the derivative made in the forward pass, by blocks
-# ---------------------------------------------------------------------------
-
-
-def _normal_cdf(x, with_pdf):
-    """``Phi(x)`` (and ``phi(x)``): float32 by the tanh polynomial, float64 by the reference's
-    ``special.normal_cdf``."""
-    if x.dtype != np.float64:
-        return normal_cdf_tanh(x, with_pdf)
-    xp = xp_of(x)
-    cdf = normal_cdf(x)
-    if not with_pdf:
-        return cdf
-    return cdf, xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-
-
-def _gelu_exact(x, y, d=None):
-    """One block: ``y = x Phi(x)`` and, if asked, the derivative ``d = Phi(x) + x phi(x)``."""
-    xp = xp_of(x)
-    if d is None:
-        xp.multiply(x, _normal_cdf(x, with_pdf=False), out=y)
-        return
-    cdf, pdf = _normal_cdf(x, with_pdf=True)
-    xp.multiply(x, cdf, out=y)
-    pdf *= x
-    xp.add(pdf, cdf, out=d)
-
-
-def _gelu_tanh(x, y, d=None):
-    """One block of the tanh form: ``y = x (1 + t) / 2``, ``t = tanh(sqrt(2/pi) (x + c x^3))``."""
-    xp = xp_of(x)
-    x2 = x * x
-    t = x2 * TANH_CUBIC
-    t += 1.0
-    t *= x
-    t *= SQRT_2_OVER_PI
-    xp.tanh(t, out=t)
-    if d is not None:
-        # d = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 c x^2)
-        x2 *= 3.0 * TANH_CUBIC * SQRT_2_OVER_PI
-        x2 += SQRT_2_OVER_PI  # du/dx
-        slope = t * t
-        xp.subtract(1.0, slope, out=slope)  # 1 - t^2
-        slope *= x2
-        slope *= x
-        slope += t
-        slope += 1.0
-        xp.multiply(slope, 0.5, out=d)
-    t += 1.0
-    t *= x
-    xp.multiply(t, 0.5, out=y)
-
-
 def gelu(x, approximate="none") -> Tensor:
-    """GELU in blocks. When a gradient will be needed, the forward also computes the
-    derivative (it holds every piece of it) and keeps that one array instead of
-    ``x``: the backward is then a single multiplication."""
+    """The loop writes the derivative beside ``y`` (every piece of it is at hand; the
+    loop's time is arithmetic, not memory) and keeps it instead of ``x``: the
+    backward is one product."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', not {approximate!r}")
     x = as_tensor(x)
-    xp = xp_of(x.data)
-    kernel = _gelu_exact if approximate == "none" else _gelu_tanh
-    flat = x.data.reshape(-1)  # elementwise: any blocks will do
-    y = xp.empty(flat.shape, dtype=x.dtype)
-    if not (x.requires_grad and is_grad_enabled()):
-        for_each_chunk(kernel, flat, y)
-        return Tensor(y.reshape(x.shape))
-    d = xp.empty(flat.shape, dtype=x.dtype)
-    for_each_chunk(kernel, flat, y, d)
+    if x.dtype not in LOOP_DTYPES:
+        return dispatch.reference("gelu")(x, approximate)
+    flat = _flat(x.data)
+    y, slope = np.empty(flat.shape, dtype=x.dtype), np.empty(flat.shape, dtype=x.dtype)
+    (gelu_loop if approximate == "none" else gelu_tanh_loop)(flat, y, slope)
 
     def backward(g):
-        out = xp.empty(flat.shape, dtype=x.dtype)
-        for_each_chunk(lambda g_, d_, o_: xp.multiply(g_, d_, out=o_), g.reshape(-1), d, out)
-        return (out.reshape(x.shape),)
+        gx = np.empty(flat.shape, dtype=x.dtype)
+        multiply_loop(_flat(g), slope, gx)
+        return (gx.reshape(x.shape),)
 
     return Tensor.from_op(y.reshape(x.shape), (x,), backward, "gelu")
 
 
 # ---------------------------------------------------------------------------
-# attention, by blocks of the batch: each block's attention matrix stays in cache
+# attention: products by NumPy, the softmax and the row sums by the loops above
 # ---------------------------------------------------------------------------
 
 
-def _blas_inside(q, k):
-    """One OpenBLAS thread while the pool runs products large enough for OpenBLAS to
-    thread them itself (``cpu_runtime``'s text); nothing to switch for smaller ones."""
-    n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
-    return one_blas_thread() if n * m * d > BLAS_THREADED_PRODUCT else nullcontext()
+def _attention(q, k, v, out, scale):
+    """``attn = softmax(scale q k^T)`` (returned, ``(..., N, M)``) and ``out = attn v``."""
+    attn = np.empty((*q.shape[:-1], k.shape[-2]), dtype=q.dtype)  # (..., N, M), C order
+    np.matmul(q, np.swapaxes(k, -1, -2), out=attn)
+    rows = attn.reshape(-1, attn.shape[-1])  # a view: the loop writes into attn
+    softmax_loop(rows, rows, scale)  # Eq. 6, in place
+    np.matmul(attn, v, out=out)  # Eq. 7: (..., N, dv)
+    return attn
 
 
-def _attention_blocks(q, k, v, out, attn, scale):
-    """The forward in blocks of the first axis: scores, softmax, weighted values."""
-    xp = xp_of(q)
-
-    def block(s):
-        scores = attn[s]
-        xp.matmul(q[s], xp.swapaxes(k[s], -1, -2), out=scores)  # (b, heads, N, M)
-        scores *= scale
-        _softmax_rows(scores, scores)  # A = softmax(q k^T / sqrt(D_h)), Eq. 6
-        xp.matmul(scores, v[s], out=out[s])  # SA = A v, Eq. 7: (b, heads, N, dv)
-
-    with _blas_inside(q, k):
-        parallel(block, row_blocks(attn))
-
-
-def _attention_backward_blocks(g, q, k, v, attn, scale, gq, gk, gv):
-    """The backward in the same blocks; any of ``gq, gk, gv`` may be None."""
-    xp = xp_of(g)
-
-    def block(s):
-        if gv is not None:
-            xp.matmul(xp.swapaxes(attn[s], -1, -2), g[s], out=gv[s])  # dV = A^T g
-        if gq is None and gk is None:
-            return
-        gs = g[s] @ xp.swapaxes(v[s], -1, -2)  # dA = g V^T: (b, heads, N, M)
-        _softmax_backward_rows(attn[s], gs, gs)  # dS = A * (dA - sum(dA * A))
-        gs *= scale
-        if gq is not None:
-            xp.matmul(gs, k[s], out=gq[s])  # dQ = scale dS K
-        if gk is not None:
-            xp.matmul(xp.swapaxes(gs, -1, -2), q[s], out=gk[s])  # dK = scale dS^T Q
-
-    with _blas_inside(q, k):
-        parallel(block, row_blocks(attn))
+def _attention_backward(g, q, k, v, attn, scale, gq, gk, gv):
+    """``dV = A^T g``; ``dS = scale A (g V^T - rowsum)``; ``dQ = dS K``, ``dK = dS^T Q``."""
+    np.matmul(np.swapaxes(attn, -1, -2), g, out=gv)
+    ds = np.empty(attn.shape, dtype=attn.dtype)  # C order, as the loop needs
+    np.matmul(g, np.swapaxes(v, -1, -2), out=ds)  # dA: (..., N, M)
+    rows = ds.reshape(-1, ds.shape[-1])
+    softmax_backward_loop(attn.reshape(rows.shape), rows, rows, scale)  # in place
+    np.matmul(ds, k, out=gq)
+    np.matmul(np.swapaxes(ds, -1, -2), q, out=gk)
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
     q, k, v = check_attention(q, k, v)
-    xp = xp_of(q.data)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    lead, n, m = q.shape[:-2], q.shape[-2], k.shape[-2]
-    # Blocks run over one leading axis: fold all leading axes into it (views when contiguous).
-    q3, k3, v3 = (t.data.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
-    attn = xp.empty((q3.shape[0], n, m), dtype=q.dtype)  # (B*heads, N, M)
-    out = xp.empty((q3.shape[0], n, v.shape[-1]), dtype=q.dtype)  # (B*heads, N, dv)
-    _attention_blocks(q3, k3, v3, out, attn, scale)
+    if q.dtype not in LOOP_DTYPES:
+        return dispatch.reference("scaled_dot_product_attention")(q, k, v, scale, need_weights)
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    out = np.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)  # (..., N, dv)
+    attn = _attention(q.data, k.data, v.data, out, scale)
 
     def backward(g):
-        grads = [
-            xp.empty(a.shape, dtype=a.dtype) if t.requires_grad else None
-            for a, t in zip((q3, k3, v3), (q, k, v))
-        ]
-        _attention_backward_blocks(g.reshape(out.shape), q3, k3, v3, attn, scale, *grads)
-        return tuple(None if a is None else a.reshape(t.shape) for a, t in zip(grads, (q, k, v)))
+        grads = [np.empty(t.shape, dtype=t.dtype) for t in (q, k, v)]
+        _attention_backward(g, q.data, k.data, v.data, attn, scale, *grads)
+        return tuple(a if t.requires_grad else None for a, t in zip(grads, (q, k, v)))
 
-    result = Tensor.from_op(out.reshape(*lead, n, -1), (q, k, v), backward, "attention")
-    return (result, attn.reshape(*lead, n, m)) if need_weights else result
+    result = Tensor.from_op(out, (q, k, v), backward, "attention")
+    return (result, attn) if need_weights else result
 
 
 def self_attention(qkv, heads, need_weights=False):
@@ -343,35 +468,58 @@ def self_attention(qkv, heads, need_weights=False):
     heads' outputs are written straight into ``(B, N, heads, D_h)`` order, and the
     backward writes the three gradients straight into one ``(B, N, 3D)`` array."""
     qkv = check_self_attention(qkv, heads)
-    xp = xp_of(qkv.data)
+    if qkv.dtype not in LOOP_DTYPES:
+        return dispatch.reference("self_attention")(qkv, heads, need_weights)
     B, N, three_d = qkv.shape
     head_dim = three_d // (3 * heads)
-    scale = 1.0 / math.sqrt(head_dim)
-    split = qkv.data.reshape(B, N, 3, heads, head_dim)  # (B, N, 3, heads, D_h), a view
+    scale = qkv.dtype.type(1.0 / math.sqrt(head_dim))
+    split = qkv.data.reshape(B, N, 3, heads, head_dim)  # a view when qkv is contiguous
 
     def heads_first(a, i):  # (B, N, ., heads, D_h) -> (B, heads, N, D_h), a view
         return a[:, :, i].transpose(0, 2, 1, 3)
 
     q, k, v = (heads_first(split, i) for i in range(3))
-    out = xp.empty((B, N, heads, head_dim), dtype=qkv.dtype)  # heads side by side
-    attn = xp.empty((B, heads, N, N), dtype=qkv.dtype)
-    _attention_blocks(q, k, v, out.transpose(0, 2, 1, 3), attn, scale)
+    out = np.empty((B, N, heads, head_dim), dtype=qkv.dtype)  # heads side by side
+    attn = _attention(q, k, v, out.transpose(0, 2, 1, 3), scale)  # (B, heads, N, N)
 
     def backward(g):
-        grad = xp.empty((B, N, 3, heads, head_dim), dtype=qkv.dtype)
+        grad = np.empty((B, N, 3, heads, head_dim), dtype=qkv.dtype)
         g4 = g.reshape(B, N, heads, head_dim).transpose(0, 2, 1, 3)  # (B, heads, N, D_h)
-        gq, gk, gv = (heads_first(grad, i) for i in range(3))
-        _attention_backward_blocks(g4, q, k, v, attn, scale, gq, gk, gv)
+        _attention_backward(g4, q, k, v, attn, scale, *(heads_first(grad, i) for i in range(3)))
         return (grad.reshape(B, N, three_d),)
 
-    result = Tensor.from_op(out.reshape(B, N, heads * head_dim), (qkv,), backward, "self_attention")
+    result = Tensor.from_op(out.reshape(B, N, three_d // 3), (qkv,), backward, "self_attention")
     return (result, attn) if need_weights else result
+
+
+# ---------------------------------------------------------------------------
+# AdamW, over an optimizer's whole buffer at once
+# ---------------------------------------------------------------------------
+
+
+def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_decay):
+    """``optim.adamw_update`` as one loop: each element read and written once."""
+    if param.dtype not in LOOP_DTYPES:
+        return dispatch.reference("adamw_update")(
+            param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_decay
+        )
+    real = param.dtype.type
+    beta1, beta2 = betas
+    step_size = lr / (1.0 - beta1**step)
+    bias2 = 1.0 / math.sqrt(1.0 - beta2**step)  # dividing sqrt(v) by sqrt(1 - b2^t)
+    adamw_loop(
+        param, grad, exp_avg, exp_avg_sq, real(1.0 - lr * weight_decay),
+        real(beta1), real(1.0 - beta1), real(beta2), real(1.0 - beta2),
+        real(step_size), real(bias2), real(eps),
+    )  # fmt: skip
 
 
 KERNELS = {
     "softmax": softmax,
+    "cross_entropy": cross_entropy,
     "layer_norm": layer_norm,
     "gelu": gelu,
     "scaled_dot_product_attention": scaled_dot_product_attention,
     "self_attention": self_attention,
+    "adamw_update": adamw_update,
 }

@@ -1,34 +1,17 @@
-"""Running fast on a CPU: cache-sized blocks, a thread per core, quiet BLAS threads, kept memory.
+"""The CPU's process settings: idle threads that sleep, and memory kept for the next step.
 
-Nothing here changes a result; it changes how long the CPU kernels
-(``kernels/cpu.py``) take to get it. Five facts about a CPU drive it.
+Nothing here changes a result; it changes how long a training step takes.
 
-**Passes over memory.** NumPy runs an expression one operation at a time, and
-each operation streams its whole input and output through memory: a GELU of
-twenty-four operations on an activation larger than the caches reads and
-writes it about twenty-four times over. Cut the rows into blocks of the
-order of a core's cache (``CHUNK_ELEMENTS``: 512 KB per array), run all the
-operations on one block before the next, and each operation after the first
-finds its data in cache (``row_blocks``).
-
-**Cores.** NumPy's loops run on one core, but they release the GIL, so blocks
-handed to a pool of one thread per core run side by side (``parallel``,
-``for_each_chunk``; ``$TINYVIT_THREADS`` sets the count).
-
-**Products inside blocks.** The attention runs its matrix products block by
-block on the pool. OpenBLAS threads a product above a size (``m n k`` over
-2^18 by default: the attention of 145 tokens of 32 channels is above it, of
-65 tokens is not), and pool threads that each ask OpenBLAS for more threads
-ask for more threads than there are cores: they take turns, and wait for
-each other. For products that large the attention asks OpenBLAS for one
-thread while the pool works (``one_blas_thread``), and gives the count back
-after; smaller ones skip the switch, which costs more than they take.
-
-**OpenBLAS's idle threads.** After each matrix product, OpenBLAS's worker
-threads keep spinning for about 2^28 cycles, waiting for the next product,
-and on a machine with few cores they can hold the cores our blocks need.
-Told to wait 2^4 cycles (``OPENBLAS_THREAD_TIMEOUT=4``), they sleep at once,
-and the products are no slower (``quiet_blas_threads``).
+**Idle threads.** Two kinds of thread take turns on the cores all through a
+step: OpenBLAS's run the matrix products, numba's the kernels' loops
+(``kernels/cpu.py``). After its work each kind spins for a while, waiting
+for more, and on a machine with few cores a spinning thread holds the core
+the other kind needs next. OpenBLAS's spin for about 2^28 cycles; told to
+wait 2^4 (``OPENBLAS_THREAD_TIMEOUT=4``) they sleep at once, and the
+products are no slower (``quiet_blas_threads``). numba's, when its
+threading layer is OpenMP, sleep at once with ``OMP_WAIT_POLICY=passive``
+(``quiet_numba_threads``), which OpenMP reads when numba starts them, at
+the first kernel.
 
 **The allocator.** glibc hands every freed block above 128 KB straight back to
 the operating system, and the next activation of the same size is paid for
@@ -37,89 +20,21 @@ few sizes every step, so ``keep_freed_memory`` asks glibc to keep them, and
 never to trim the heap: a step frees most of its activations at once, and a
 trimmed heap would be faulted back in by the next forward pass.
 
-The last two are settings of the whole process, not of one kernel: importing
-tinyvit changes neither. A program that trains calls
+These are settings of the whole process, not of one kernel: importing
+tinyvit changes none of them. A program that trains calls
 ``tinyvit.kernels.configure_process()`` once, at its start; tinyvit's own
 entry points do (the trainer, ``python -m tinyvit``, the lessons, the
 benchmarks). ``benchmarks/README.md`` records what each of these measured on
 this project's machines.
-
-On the GPU none of this applies: an array is one block and CuPy is parallel.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
-from .. import backend
-
-CHUNK_ELEMENTS = 1 << 17  # per array per block: 512 KB of float32
-BLAS_THREADED_PRODUCT = 1 << 18  # m n k above which OpenBLAS threads a product (its default)
 BLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles of spinning, then sleep
-
-_pool = None
-
-
-# ---------------------------------------------------------------------------
-# blocks and threads
-# ---------------------------------------------------------------------------
-
-
-def num_threads() -> int:
-    """Threads for chunked work: ``$TINYVIT_THREADS``, else one per core."""
-    return max(1, int(os.environ.get("TINYVIT_THREADS") or os.cpu_count() or 1))
-
-
-def row_blocks(array, elements=None) -> list[slice]:
-    """Slices of whole rows (first axis) of ``array``, about ``elements`` entries each
-    (default ``CHUNK_ELEMENTS``). A single slice on the GPU, or when the array is small.
-    """
-    elements = elements or CHUNK_ELEMENTS
-    rows = array.shape[0]
-    per_row = max(1, array.size // max(rows, 1))
-    block = max(1, elements // per_row)
-    if backend.is_cuda_array(array) or rows <= block:
-        return [slice(0, rows)]
-    return [slice(i, min(i + block, rows)) for i in range(0, rows, block)]
-
-
-def parallel(fn, items) -> None:
-    """Call ``fn(item)`` for every item, on a pool of ``num_threads()`` threads.
-
-    The calls must not depend on each other (they write disjoint outputs).
-    """
-    items = list(items)
-    threads = min(num_threads(), len(items))
-    if threads <= 1:
-        for item in items:
-            fn(item)
-        return
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(num_threads(), thread_name_prefix="tinyvit")
-
-    def run_share(k):  # thread k takes items k, k + threads, k + 2 threads, ...
-        for item in items[k::threads]:
-            fn(item)
-
-    # One task per thread, not per item: a task costs a lock and a future.
-    for _ in _pool.map(run_share, range(threads)):  # re-raises the first exception
-        pass
-
-
-def for_each_chunk(kernel, *arrays) -> None:
-    """Call ``kernel(*blocks)`` on matching row blocks of ``arrays``, in parallel.
-
-    Every array has the same number of rows (first axis); a block keeps whole
-    rows, so a kernel may reduce along the other axes (LayerNorm, softmax).
-    Kernels write into blocks of output arrays passed among ``arrays``.
-    """
-    parallel(lambda rows: kernel(*(a[rows] for a in arrays)), row_blocks(arrays[0]))
 
 
 # ---------------------------------------------------------------------------
@@ -148,45 +63,6 @@ def _loaded_openblas():
             continue
         return library
     return None
-
-
-# The entry points that set and read OpenBLAS's thread count, by build: plain, and
-# the 64-bit-integer builds NumPy's wheels carry (scipy-openblas, symbols renamed).
-_SET_THREADS = ("openblas_set_num_threads", "scipy_goto_set_num_threads64_",
-                "goto_set_num_threads64_", "goto_set_num_threads")  # fmt: skip
-_GET_THREADS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
-                "openblas_get_num_threads64_")  # fmt: skip
-
-
-@functools.cache  # looked up once: finding the library reads /proc/self/maps
-def _blas_thread_functions():
-    """OpenBLAS's (set, get) thread-count functions, or None."""
-    library = _loaded_openblas()
-    if library is None:
-        return None
-    set_ = next((getattr(library, n) for n in _SET_THREADS if hasattr(library, n)), None)
-    get = next((getattr(library, n) for n in _GET_THREADS if hasattr(library, n)), None)
-    return None if set_ is None or get is None else (set_, get)
-
-
-@contextmanager
-def one_blas_thread():
-    """Matrix products inside run on one OpenBLAS thread; the count is restored after
-    (see the module's text). Does nothing where OpenBLAS is not loaded."""
-    functions = _blas_thread_functions()
-    if functions is None:
-        yield
-        return
-    set_threads, get_threads = functions
-    before = int(get_threads())
-    if before == 1:
-        yield
-        return
-    set_threads(1)
-    try:
-        yield
-    finally:
-        set_threads(before)
 
 
 def blas_thread_timeout():
@@ -223,6 +99,39 @@ def quiet_blas_threads() -> bool:
     user set in the environment is kept. Part of ``configure_process``.
     """
     return set_blas_thread_timeout(os.environ.get("OPENBLAS_THREAD_TIMEOUT") or BLAS_THREAD_TIMEOUT)
+
+
+# ---------------------------------------------------------------------------
+# numba's threads
+# ---------------------------------------------------------------------------
+
+
+def numba_threads_started() -> bool:
+    """Whether numba has started its threads (at the first parallel loop) in this process."""
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:
+        return False
+    return bool(getattr(parallel, "_is_initialized", False))
+
+
+def quiet_numba_threads() -> bool:
+    """Make numba's OpenMP threads sleep as soon as a loop ends (``OMP_WAIT_POLICY=passive``;
+    a policy set in the environment is kept). False once numba has started its threads:
+    OpenMP has read the environment then. Part of ``configure_process``."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    return not numba_threads_started()
+
+
+def thread_note() -> str:
+    """``kernels.describe()``'s words for numba's threads, and its threading layer once
+    they run (asking numba for its thread count before would start them)."""
+    import numba
+
+    started = numba_threads_started()
+    threads = numba.get_num_threads() if started else numba.config.NUMBA_NUM_THREADS
+    layer = f" ({numba.threading_layer()})" if started else ""
+    return f"numba, {threads} thread{'s' if threads > 1 else ''}{layer}"
 
 
 # ---------------------------------------------------------------------------
