@@ -19,6 +19,13 @@ machine at the same moments; the median over the rounds after a warm-up is
 reported. The peak memory of each is the growth of its resident set from
 before its first step to its high-water mark.
 
+The first step of each contestant is reported apart from the steady ones
+(``first_step_s``): tinyvit's includes loading its compiled loops from
+numba's cache of this machine. Before the rounds, one more tinyvit process
+takes a first step with an empty cache (``NUMBA_CACHE_DIR`` a fresh folder):
+``first_step_cold_cache_s`` includes compiling every loop, which a machine
+does once.
+
     python benchmarks/bench_cpu.py                          # all configurations
     python benchmarks/bench_cpu.py --configs vit_cifar_tiny --steps 5
     python benchmarks/bench_cpu.py --baseline /tmp/old      # old and new in one run
@@ -30,12 +37,14 @@ threaded products by up to 10x.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -242,9 +251,12 @@ def serve(name, config_name, batch, warmup):
 
         where = str(Path(tinyvit.__file__).parent)
     before = _rss_mb("VmRSS")
-    for _ in range(warmup):
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
         step()
-    print(json.dumps({"ready": True, "package": where}), flush=True)
+    print(json.dumps({"ready": True, "package": where, "first_step_s": first}), flush=True)
     for line in sys.stdin:
         if line.strip() == "step":
             start = time.perf_counter()
@@ -269,7 +281,8 @@ class Contestant:
             text=True,
             env=env,
         )
-        self.package = self.ask(None)["package"]
+        ready = self.ask(None)
+        self.package, self.first_step_s = ready["package"], ready["first_step_s"]
 
     def ask(self, command):
         if command is not None:
@@ -302,8 +315,17 @@ def environments(args):
     return envs
 
 
+def first_step_cold_cache(config_name, args, env):
+    """tinyvit's first step in a process whose numba cache is empty: compiling included."""
+    with tempfile.TemporaryDirectory() as empty:
+        cold = Contestant("tinyvit", config_name, args.batch, 1, {**env, "NUMBA_CACHE_DIR": empty})
+        cold.close()
+    return cold.first_step_s
+
+
 def measure(config_name, args):
     envs = environments(args)
+    cold = first_step_cold_cache(config_name, args, envs["tinyvit"])
     contestants = [Contestant(n, config_name, args.batch, args.warmup, e) for n, e in envs.items()]
     try:
         samples = {c.name: [] for c in contestants}
@@ -322,6 +344,9 @@ def measure(config_name, args):
         "batch": args.batch,
         "images_per_s": {name: args.batch / s for name, s in seconds.items()},
         "peak_mb": {n: p for n, p in peaks.items() if n != "numpy-gemm-bound"},
+        "steady_step_s": seconds,
+        "first_step_s": {c.name: c.first_step_s for c in contestants},
+        "first_step_cold_cache_s": {"tinyvit": cold},
         "packages": packages,
     }
     if "torch" in seconds:
@@ -360,6 +385,10 @@ def format_row(row):
     if "tinyvit_over_baseline" in row:
         text += f"  | tinyvit / baseline {row['tinyvit_over_baseline']:.3f}"
     text += "  | peak MB: " + "  ".join(f"{n} {v:.0f}" for n, v in row["peak_mb"].items())
+    text += "\n" + " " * 20 + " first step s: " + "  ".join(
+        f"{n} {v:.2f}" for n, v in row["first_step_s"].items()
+    )
+    text += f"  | tinyvit, empty numba cache: {row['first_step_cold_cache_s']['tinyvit']:.2f}"
     return text
 
 
@@ -393,7 +422,8 @@ def main(argv=None):
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": np.__version__,
-            "torch": _torch_version(),
+            "numba": _version("numba"),
+            "torch": _version("torch"),
         },
         "command": "python benchmarks/bench_cpu.py " + " ".join(argv or sys.argv[1:]),
         "kernels": tinyvit.kernels.describe("cpu"),
@@ -408,12 +438,12 @@ def main(argv=None):
     print(f"wrote {args.json}")
 
 
-def _torch_version():
+def _version(name):
     try:
-        import torch
+        module = importlib.import_module(name)
     except ImportError:
         return None
-    return torch.__version__
+    return module.__version__
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
 # %% [markdown]
-# # Lesson 11: fast kernels beside the reference
+# # Lesson 11: one loop, one pass over memory
 #
 # Every layer of tinyvit exists twice. ``tinyvit/functional.py`` writes each
 # op the way its derivation reads: LayerNorm's backward is the closed form of
 # its docstring, GELU's derivative is ``Phi(x) + x phi(x)``, attention is
 # Eq. 6-7 on whole arrays. That is the reference, the code to learn from.
-# ``tinyvit/kernels/cpu.py`` computes the same things faster on a CPU, and is
-# what runs by default; the tests hold the two equal, values and gradients.
-# This lesson measures, on your machine, why the kernels are faster. None of
-# it is about the maths: it is about memory, caches and cores.
+# ``tinyvit/kernels/cpu.py`` writes the same maths once more, as loops that
+# numba compiles to machine code, and those run by default; the tests hold
+# the two equal, values and gradients. This lesson measures, on your machine,
+# why the loops are faster. None of it is about the maths: it is about
+# memory, the vector units of a core, and the cores.
 #
 # Run: ``python lessons/11_kernels.py [--out DIR] [--quick]`` (the kernels
-# are CPU kernels; on the GPU the reference ops run as whole-array CuPy calls).
+# are CPU kernels; on the GPU the reference ops run as whole-array CuPy calls,
+# and a GPU's own fused kernels are the same idea: one thread per element).
 
 # %%
 import math
@@ -23,16 +25,17 @@ import numpy as np
 
 import tinyvit.functional as F
 from tinyvit import Tensor, kernels
-from tinyvit.kernels import cpu_runtime
-from tinyvit.kernels.fast_math import TANH_CDF_ERROR_BOUND, normal_cdf_tanh
+from tinyvit.kernels import cpu, cpu_runtime
 from tinyvit.lesson import lesson_arguments
-from tinyvit.special import erf
+from tinyvit.special import erf, normal_cdf
 from tinyvit.viz import save_figure
 
-args = lesson_arguments("11_kernels", "Fast kernels beside the reference ops.")
+args = lesson_arguments("11_kernels", "One loop, one pass over memory.")
 if args.device == "cuda":
     print("note: this lesson measures the CPU kernels; it runs on the CPU")
 print(kernels.describe("cpu"))
+if cpu is None:
+    print("numba is not installed (pip install numba): the loops below are skipped")
 
 # One encoder block of a D 192 ViT at batch 128: 65 tokens, MLP 768.
 B = 16 if args.quick else 128
@@ -75,7 +78,9 @@ def values_and_gradients(op):
     return [y.data, x.grad, w.grad, b.grad]
 
 
+start = time.perf_counter()
 kernel_results = values_and_gradients(F.layer_norm)
+print(f"first call of the kernel: {time.perf_counter() - start:.2f} s (numba loads its loops)")
 with kernels.using("reference"):
     reference_results = values_and_gradients(F.layer_norm)
 for name, a, r in zip(("y", "dL/dx", "dL/dw", "dL/db"), kernel_results, reference_results):
@@ -111,14 +116,36 @@ print(
 )
 
 # %% [markdown]
-# ## 3. Cache-sized blocks, then a thread per core
+# ## 3. From passes to one loop
 #
-# Cut the array into blocks and run *all* of the GELU's operations on one
-# block before moving to the next. If a block and its temporaries fit in the
-# core's cache (L2: the size is read from the system below), every
-# operation after the first reads from cache instead of memory. The same code,
-# only applied block by block; then the blocks shared among threads (NumPy
-# lets go of Python's lock inside its loops, so threads really run at once).
+# Three ways to spend fewer passes, measured on the same GELU forward.
+#
+# * **Cache-sized blocks** (what tinyvit did before numba): run all of the
+#   expression on one block of ``x`` before the next, so that each operation
+#   after the first finds its block in the core's cache. Still a pass per
+#   operation, but over the cache instead of memory.
+# * **A loop numba compiles.** Write the maths for *one* element, and let the
+#   loop run it for every element: each ``x[i]`` is read once, every step of
+#   the expression happens in registers, and ``y[i]`` is written once. One
+#   pass. Here is the loop, the plainest one, with the C library's ``erf``:
+#
+#   ```python
+#   @njit(parallel=True)
+#   def gelu_plain(x, y):
+#       for i in prange(x.size):   # prange: the iterations shared among the cores
+#           y[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] / math.sqrt(2.0)))
+#   ```
+#
+# * **A loop the core can vectorize.** A core does the same arithmetic on 8
+#   or 16 floats at once (SIMD), but only if every step of the loop body is
+#   arithmetic it has vector instructions for. ``math.erf`` is a call into the
+#   C library, one element at a time, and it stops the vectorizer. The
+#   kernel's loop (``cpu.gelu_loop``) uses the reference's own erf fit, and
+#   writes even ``e^t`` out as arithmetic (``cpu.exp_nonpositive``: a Taylor
+#   series and the bits of ``2^k``), so the whole body vectorizes. It also
+#   writes GELU's derivative, for the backward, and still wins.
+#
+# Each loop runs on one thread, then on every core (``numba.set_num_threads``).
 
 # %%
 
@@ -139,91 +166,118 @@ def cache_size(level=2):
     return None
 
 
-def gelu_in_blocks(elements, threads):
-    def block(s):
-        out[s] = gelu_reference_forward(flat[s])
-
-    blocks = cpu_runtime.row_blocks(flat, elements)
-    if threads == 1:
-        for s in blocks:
-            block(s)
-    else:
-        cpu_runtime.parallel(block, blocks)
+def gelu_in_blocks(elements):
+    for start in range(0, flat.size, elements):
+        out[start : start + elements] = gelu_reference_forward(flat[start : start + elements])
 
 
 sizes = [1 << k for k in range(12, int(math.log2(flat.size)) + 1, 2 if args.quick else 1)]
-one_thread = [best_time(lambda e=e: gelu_in_blocks(e, 1)) for e in sizes]
-cores = cpu_runtime.num_threads()
-all_threads = [best_time(lambda e=e: gelu_in_blocks(e, cores)) for e in sizes]
-best = int(np.argmin(all_threads))
+in_blocks = [best_time(lambda e=e: gelu_in_blocks(e)) for e in sizes]
+loops = {}  # name -> (seconds on one thread, seconds on every core)
+cores = os.cpu_count() or 1
+if cpu is not None:
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def gelu_plain(x, y):
+        for i in prange(x.size):
+            y[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] / math.sqrt(2.0)))
+
+    cores = numba.get_num_threads()
+    slope = np.empty_like(flat)  # the kernel's loop writes the derivative too
+    for name, loop in (
+        ("numba, math.erf", lambda: gelu_plain(flat, out)),
+        ("numba, vectorized", lambda: cpu.gelu_loop(flat, out, slope)),
+    ):
+        loop()  # the first call compiles (or loads from numba's cache)
+        numba.set_num_threads(1)
+        alone = best_time(loop)
+        numba.set_num_threads(cores)
+        loops[name] = (alone, best_time(loop))
+
+print(f"\nGELU forward, {flat.nbytes / 1e6:.1f} MB: whole array {reference_seconds * 1e3:.2f} ms")
 print(
-    f"\nGELU forward: whole array {reference_seconds * 1e3:.2f} ms; best block "
-    f"{sizes[int(np.argmin(one_thread))] * 4 // 1024} KB on one thread "
-    f"{min(one_thread) * 1e3:.2f} ms; on {cores} threads {all_threads[best] * 1e3:.2f} ms"
+    f"  NumPy in blocks, one thread: best {min(in_blocks) * 1e3:.2f} ms "
+    f"(blocks of {sizes[int(np.argmin(in_blocks))] * 4 // 1024} KB)"
 )
+for name, (alone, together) in loops.items():
+    print(f"  {name}: {alone * 1e3:.2f} ms on one thread, {together * 1e3:.2f} ms on {cores}")
+print(f"  one pass (y = x + 1): {one_pass * 1e3:.2f} ms")
 
 fig, ax = plt.subplots(figsize=(7, 4))
 kb = [4 * e / 1024 for e in sizes]  # float32: 4 bytes an element
-ax.plot(kb, [1e3 * t for t in one_thread], "o-", label="blocks, 1 thread")
-ax.plot(kb, [1e3 * t for t in all_threads], "s-", label=f"blocks, {cores} threads")
-ax.axhline(1e3 * reference_seconds, color="0.4", ls="--", lw=1, label="whole array at once")
+ax.plot(kb, [1e3 * t for t in in_blocks], "o-", label="NumPy in blocks, 1 thread")
+ax.axhline(1e3 * reference_seconds, color="0.4", ls="--", lw=1, label="NumPy, whole array")
+for (name, (alone, together)), color in zip(loops.items(), ("C1", "C2")):
+    ax.axhline(1e3 * alone, color=color, ls=":", lw=1.2, label=f"{name}, 1 thread")
+    ax.axhline(1e3 * together, color=color, lw=1.2, label=f"{name}, {cores} threads")
+ax.axhline(1e3 * one_pass, color="k", lw=0.8, label="one pass: y = x + 1")
 l2 = cache_size(2)
 if l2:
     ax.axvline(l2 / 1024, color="C3", ls=":", lw=1)
     ax.text(l2 / 1024, ax.get_ylim()[1] * 0.95, " L2 cache", color="C3", fontsize=8, va="top")
 ax.set_xscale("log", base=2)
+ax.set_yscale("log")
 ax.set_xlabel("block size (KB of the input array)")
 ax.set_ylabel("GELU forward (ms)")
-ax.set_title(f"Same operations, cut into blocks ({flat.nbytes / 1e6:.0f} MB activation)")
-ax.legend(fontsize=8)
+ax.set_title(f"Passes over memory, blocks, loops ({flat.nbytes / 1e6:.0f} MB activation)")
+ax.legend(fontsize=7)
 print("wrote", save_figure(fig, args.out / "blocks_and_threads.png"))
 
 # %% [markdown]
-# ## 4. Cheaper arithmetic, with a stated error
+# ## 4. Arithmetic written out, with a stated error
 #
-# float32 keeps about seven digits. The package's ``erf`` is accurate to
-# 1e-9 and costs about twenty passes; the kernel computes the Gaussian CDF in
-# float32 as ``(1 + tanh(x B(x^2))) / 2``, the tanh GELU's form with a longer
-# polynomial slope ``B``, fitted so that it stays within 1.5e-7 of the true
-# CDF (``kernels/fast_math.py``). Here is that error over the inputs a GELU
-# sees, against the float64 truth.
+# float32 keeps about seven digits. The loop's ``Phi`` is the reference's erf
+# fit (``special.py``), rearranged so that its logarithm becomes a division
+# and its exponentials ``cpu.exp_nonpositive``: in float64 it equals the
+# reference to rounding, in float32 it is within
+# ``cpu.NORMAL_CDF_FLOAT32_ERROR`` of the true CDF (the tests check both).
+# Here is that error over the inputs a GELU sees, against the float64 truth,
+# beside the reference's float32 erf.
 
 # %%
 grid = np.linspace(-8, 8, 4001 if args.quick else 40001).astype(np.float32)
 truth = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in grid])
-by_polynomial = normal_cdf_tanh(grid).astype(np.float64)
-by_erf = (0.5 * (1 + erf(grid * np.float32(1 / math.sqrt(2))))).astype(np.float64)
+by_reference = normal_cdf(grid).astype(np.float64)
 fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.plot(grid, np.abs(by_erf - truth), lw=0.6, label="reference: float32 erf")
-ax.plot(grid, np.abs(by_polynomial - truth), lw=0.6, label="kernel: tanh polynomial", alpha=0.8)
-ax.axhline(TANH_CDF_ERROR_BOUND, color="C3", ls="--", lw=1, label="stated bound 1.5e-7")
+ax.plot(grid, np.abs(by_reference - truth), lw=0.6, label="reference: float32 erf, NumPy")
+if cpu is not None:
+
+    @njit
+    def loop_cdf(x, y):
+        for i in range(x.size):
+            y[i] = cpu.normal_cdf_and_gauss(x[i])[0]
+
+    by_loop = np.empty_like(grid)
+    loop_cdf(grid, by_loop)
+    loop_error = np.abs(by_loop.astype(np.float64) - truth)
+    ax.plot(grid, loop_error, lw=0.6, label="kernel: the same fit in a loop", alpha=0.8)
+    ax.axhline(cpu.NORMAL_CDF_FLOAT32_ERROR, color="C3", ls="--", lw=1, label="stated bound")
+    print(f"largest error of Phi: kernel {loop_error.max():.1e}", end=", ")
+print(f"reference {np.abs(by_reference - truth).max():.1e}")
 ax.set_yscale("log")
 ax.set_ylim(1e-11, 1e-6)
 ax.set_xlabel("x")
 ax.set_ylabel("|error of Phi(x)|")
-ax.set_title("The float32 Gaussian CDF two ways")
+ax.set_title("The float32 Gaussian CDF, whole arrays and one loop")
 ax.legend(fontsize=8, loc="lower right")
 print("wrote", save_figure(fig, args.out / "float32_cdf_error.png"))
-print(
-    f"largest error: reference {np.abs(by_erf - truth).max():.1e}, "
-    f"kernel {np.abs(by_polynomial - truth).max():.1e}"
-)
 
 # %% [markdown]
 # ## 5. Every kernel against its reference
 #
 # Forward and backward of each layer of the block, the reference op and its
-# kernel, with the largest difference between their gradients. Softmax and
-# LayerNorm also sum short rows as a product with a vector of ones (BLAS sums
-# a 65-number row several times faster than ``sum(axis=-1)``); GELU keeps its
-# derivative from the forward pass, where every piece of it was at hand;
-# attention keeps each block's ``(heads, N, N)`` matrix in cache from its
-# scores to its use. ``linear`` has no kernel: its work is matrix products,
-# which its reference already hands to BLAS whole, and BLAS blocks them for
-# the cache itself.
+# kernel, with the largest difference between their gradients. LayerNorm's
+# loop keeps each row's mean and ``1/sqrt(var + eps)`` and makes ``xhat``
+# again in the backward instead of storing it; GELU's keeps its derivative
+# from the forward pass, where every piece of it was at hand; softmax takes
+# all the rows' maxima first (a running maximum is a chain of steps that
+# wait for each other, and the CPU overlaps many rows' chains). The
+# attention's products, and ``linear``'s, stay with NumPy: BLAS already runs
+# them near the machine's peak.
 
 # %%
-d = D // HEADS
 layers = {
     "layer_norm": (F.layer_norm, [(B, N, D), (D,), (D,)]),
     "gelu": (F.gelu, [(B, N, MLP)]),
@@ -268,32 +322,34 @@ print("wrote", save_figure(fig, args.out / "reference_vs_kernel.png"))
 # %% [markdown]
 # ## 6. Other people's threads
 #
-# The matrix products run in OpenBLAS, which has threads of its own. After a
-# product they do not sleep at once: by default they spin for about 2^28
-# cycles, a tenth of a second, waiting for the next product, and while they
-# spin they can hold the cores our blocks need. On one machine of this
-# project (an Intel Sapphire Rapids) a GELU right after a product ran 1.5
-# times slower; on another (an AMD EPYC) the operating system handed the
-# cores back at once and nothing changed. tinyvit asks them to sleep at once,
-# which costs the products nothing. It is a setting of the whole process, so
-# importing tinyvit leaves it alone: ``tinyvit.kernels.configure_process()``
-# applies it, with the allocator's (keep freed memory for the next step), and
-# every entry point calls it once at its start (the trainer, ``python -m
-# tinyvit``, this lesson's command line, the benchmarks); a training script of
-# your own should too. Here is your machine: a GELU right after a matrix
-# product, with OpenBLAS's threads told to spin as they do by default, then
-# told to sleep.
+# Two kinds of thread take turns on the cores all through a training step:
+# OpenBLAS's run the matrix products, numba's run the loops. After its work
+# each kind keeps spinning for a while, waiting for more, and on a machine
+# with few cores a spinning thread holds the core the other needs next.
+# OpenBLAS spins for about 2^28 cycles by default; numba's OpenMP threads
+# spin too. On one machine of this project (an Intel Sapphire Rapids) a GELU
+# right after a product ran 1.5 times slower while OpenBLAS's threads spun;
+# on another (an AMD EPYC) the operating system handed the cores back at
+# once. tinyvit asks both kinds to sleep at once, which costs the products
+# nothing. These are settings of the whole process, so importing tinyvit
+# leaves them alone: ``tinyvit.kernels.configure_process()`` applies them,
+# with the allocator's (keep freed memory for the next step), and every
+# entry point calls it once at its start (the trainer, ``python -m
+# tinyvit``, this lesson's command line, the benchmarks); a training script
+# of your own should too, before its first kernel. Here is your machine: a
+# GELU right after a matrix product, with OpenBLAS's threads told to spin
+# as they do by default, then told to sleep.
 
 # %%
 if cpu_runtime.blas_thread_timeout() is not None and cores > 1:
     a = rng.standard_normal((B * N, D)).astype(np.float32)
     weight = rng.standard_normal((MLP, D)).astype(np.float32)
-    gelu = kernels.available("cpu")["gelu"]
+    gelu = F.gelu
 
     def product_then_gelu():
         a @ weight.T  # the product; OpenBLAS's threads are now idle
         start = time.perf_counter()
-        gelu(h)
+        gelu(Tensor(h))
         return time.perf_counter() - start
 
     spinning = cpu_runtime.set_blas_thread_timeout(28) and min(
