@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 LESSONS = Path(__file__).resolve().parents[1] / "lessons"
@@ -29,10 +30,18 @@ FIGURES = {
     "09_fine_tuning.py": ["pos_embed_resampled.png", "finetune_curves.png"],
     "10_masked_patch_prediction.py": ["pretrain_loss.png", "mpp_examples.png", "comparison.png"],
     "11_kernels.py": ["blocks_and_threads.png", "float32_cdf_error.png", "reference_vs_kernel.png"],
+    "12_a_real_vit.py": ["figure6.png", "figure7.png"],
 }
 NEEDS_DATA = {name for name in FIGURES if "06" <= name[:2] <= "10"}
 # What a --quick run is too short to show, said in its output.
-QUICK_CAVEATS = {"09_fine_tuning.py": "--quick: 6 steps are too few to show fine-tuning's gain"}
+QUICK_CAVEATS = {
+    "09_fine_tuning.py": "--quick: 6 steps are too few to show fine-tuning's gain",
+    "12_a_real_vit.py": "--quick: the shipped CIFAR-10 model stands in for the paper's ViT-B/16",
+}
+# No test reaches the network: every URL goes to a closed port of this machine.
+NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+              "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+              "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
 
 
 def test_every_lesson_is_listed():
@@ -167,3 +176,92 @@ def test_import_tinyvit_reaches_every_module():
     plain = subprocess.run([sys.executable, "-c", "import sys, tinyvit; "
                             "print('matplotlib' in sys.modules)"], capture_output=True, text=True)
     assert plain.stdout.strip() == "False"  # and not before
+
+
+# ---------------------------------------------------------------------------
+# Lesson 12: a real ViT, from a Hub cache made here
+# ---------------------------------------------------------------------------
+
+
+def fake_paper_vit(cache):
+    """The paper's ViT-B/16 as lesson 12 finds it in the Hub's cache, shrunk: 224 x 224 in
+    16 x 16 patches, 1000 classes, two layers of width 192 (random weights)."""
+    from test_pretrained import hub_repo, old_config, random_vit
+
+    from tinyvit.lesson import PAPER_VIT_HUB
+
+    source = random_vit(image_size=224, num_classes=1000)
+    config = old_config(1000, input_size=[3, 224, 224])
+    hub_repo(cache, PAPER_VIT_HUB, config, source.state_dict())
+    return source
+
+
+def test_lesson_12_looks_into_a_real_vit_from_the_hub_cache(tmp_path):
+    """Without --quick and without --model: the paper's ViT-B/16 from the Hub's cache (here
+    a small stand-in of its shape), read offline, every figure drawn at 224 x 224."""
+    import os
+
+    from tinyvit.lesson import PAPER_VIT_HUB
+
+    fake_paper_vit(tmp_path / "hub")
+    env = {**os.environ, **NO_NETWORK, "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "TINYVIT_DATA": str(tmp_path / "data")}  # fmt: skip
+    env.pop("HF_HUB_OFFLINE", None)  # the lesson reads the cache alone by itself
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(LESSONS / "12_a_real_vit.py"), "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert f"{PAPER_VIT_HUB}: " in result.stdout and "14x14 patches of 16x16" in result.stdout
+    assert "stands in" not in result.stdout
+    assert "mean attention distance over 10 views of 1 photo(s)" in result.stdout
+    for figure in FIGURES["12_a_real_vit.py"]:
+        assert (out / figure).stat().st_size > 5000 and str(out / figure) in result.stdout
+
+
+def test_lesson_12_takes_a_model_and_photos_by_name_quick_and_offline(tmp_path):
+    """--quick with --model: the model from its cache alone (a file here), the learner's
+    photos; an image that is not one is one error line."""
+    from PIL import Image
+    from test_pretrained import random_vit
+
+    import tinyvit
+
+    model_path = tinyvit.save(random_vit(image_size=224, num_classes=3), tmp_path / "m.npz")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8)).save(photo)
+    run = [sys.executable, str(LESSONS / "12_a_real_vit.py"), "--quick", "--model",
+           str(model_path), "--out", str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run([*run, "--image", str(photo), "--image", str(photo)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.count(f"{photo}:") == 2 and "class 0" in result.stdout
+    assert "mean attention distance over 4 views of 2 photo(s)" in result.stdout
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    result = subprocess.run([*run, "--image", str(text)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: ") and str(text) in result.stderr
+
+
+def test_lesson_12_without_network_or_cache_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    from tinyvit import lesson, official
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # empty
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TINYVIT_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(official, "OFFICIAL_URL", "http://127.0.0.1:9/")  # a closed port
+    model, name, real = lesson.real_vit()
+    lines = capsys.readouterr().out.splitlines()
+    assert not real and name == str(lesson.SHIPPED_MODEL) and model.config.image_size == 32
+    assert len(lines) == 1 and lines[0].startswith("no network and nothing cached: ")
+    assert lesson.PAPER_VIT_HUB in lines[0] and lesson.PAPER_VIT in lines[0]
+    assert "HF_HUB_OFFLINE" not in __import__("os").environ  # put back as it was
+    fake_paper_vit(tmp_path / "hub")  # now in the cache: found, offline
+    model, name, real = lesson.real_vit()
+    assert real and name == lesson.PAPER_VIT_HUB and model.config.image_size == 224
+    with pytest.raises(SystemExit) as info:  # a model asked for by name must load
+        lesson.real_vit("timm/vit_nothing_here.x", quick=True)
+    assert info.value.code == 2 and "timm/vit_nothing_here.x" in capsys.readouterr().err

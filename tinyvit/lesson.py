@@ -15,6 +15,8 @@ defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +30,11 @@ MAIN_MODEL = Path("runs") / "cifar10" / "model.npz"  # python -m tinyvit.train's
 # The model of the default CPU run, shipped with the lessons (its provenance in the
 # README beside it): what lessons 7-10 look into when lesson 6 has not been run.
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "lessons" / "models" / "vit_cifar_tiny.npz"
+# Lesson 12's real ViT: the paper's ViT-B/16 at 224 x 224 (pre-trained on ImageNet-21k,
+# fine-tuned on ImageNet), in the paper's bucket and, the same weights converted by
+# timm, on the Hugging Face Hub.
+PAPER_VIT = "imagenet21k+imagenet2012/ViT-B_16-224"
+PAPER_VIT_HUB = "timm/vit_base_patch16_224.orig_in21k_ft_in1k"
 
 
 def lesson_arguments(name: str, description: str, argv=None, extra=None) -> argparse.Namespace:
@@ -163,3 +170,82 @@ def trained_model(args, dataset, short_epochs: int = 3):
     if trainer.step < trainer.total_steps:
         fail("stopped by Ctrl-C before the short run ended; run the lesson again to go on", 130)
     return trainer.model.eval()
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool = True):
+    """A context in which the Hugging Face Hub is read from its cache alone
+    (``HF_HUB_OFFLINE=1``, which ``tinyvit.hub`` reads when called)."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def _cached_offline(name) -> None:
+    """A ``PretrainedError`` when ``name`` is an official checkpoint not yet in the cache:
+    reading it would download it."""
+    from .data import default_root
+    from .official import official_key
+    from .pretrained import PretrainedError
+
+    key = None if Path(str(name)).expanduser().exists() else official_key(str(name))
+    if key is not None and not (default_root() / "vit_models" / f"{key}.npz").is_file():
+        raise PretrainedError(f"{name} is not in the cache, and --quick downloads nothing")
+
+
+def shipped_model(device="cpu"):
+    """The CIFAR-10 model shipped with the lessons (one error line when it is not there)."""
+    from . import checkpoint
+
+    if not SHIPPED_MODEL.is_file():
+        fail(f"the model shipped with the lessons, {SHIPPED_MODEL}, is not here")
+    return checkpoint.load(SHIPPED_MODEL, device=device)
+
+
+def real_vit(name=None, quick=False, device="cpu"):
+    """``(model, name, real)``: lesson 12's pre-trained ViT, or the shipped CIFAR-10 model in
+    its place (``real=False``), said in one line.
+
+    ``name`` (``--model``) must load: from its cache alone under ``quick``,
+    else downloading what is missing; a failure is one error line. Without
+    it the paper's ViT-B/16 is taken from the Hub's cache, else from the
+    paper's bucket (its cache, else a download); without the network and
+    without either in a cache, and always under ``quick`` (seconds, no
+    download), the shipped model stands in.
+    """
+    from .checkpoint import CheckpointError
+    from .pretrained import from_pretrained
+
+    if name is not None:
+        try:
+            with hub_offline(quick):
+                if quick:
+                    _cached_offline(name)
+                return from_pretrained(name, device=device), str(name), True
+        except (CheckpointError, OSError, ValueError) as error:
+            fail(str(error))
+    if quick:
+        print("--quick: the shipped CIFAR-10 model stands in for the paper's ViT-B/16 "
+              "(nothing is downloaded; without --quick it is)")  # fmt: skip
+        return shipped_model(device), str(SHIPPED_MODEL), False
+    try:
+        with hub_offline():
+            return from_pretrained(PAPER_VIT_HUB, device=device), PAPER_VIT_HUB, True
+    except (CheckpointError, OSError, ValueError):
+        pass  # not in the Hub's cache: the bucket
+    try:
+        return from_pretrained(PAPER_VIT, device=device), PAPER_VIT, True
+    except (CheckpointError, OSError, ValueError) as error:
+        print(
+            f"no network and nothing cached: {PAPER_VIT_HUB} is not in the Hugging Face "
+            f"cache and {PAPER_VIT} could not be had ({error}); the shipped CIFAR-10 model "
+            "stands in for the paper's ViT-B/16, so each figure shows a 32 x 32 model twice"
+        )
+    return shipped_model(device), str(SHIPPED_MODEL), False
