@@ -26,6 +26,7 @@ import numpy as np
 from . import checks
 from .checkpoint import read_npz
 from .checks import as_pair
+from .models import token_grid
 from .resample import resample_pos_embed
 from .vit import ViT
 
@@ -52,12 +53,15 @@ def adapt(
     if image_size is not None and image_size != checks.image_size("", config["image_size"]):
         P = config["patch_size"]
         (H, W), (old_H, old_W) = as_pair(image_size), as_pair(config["image_size"])
-        if H % P or W % P:
+        old_grid, new_grid = (old_H // P, old_W // P), (H // P, W // P)
+        if "stem_channels" in config:  # a hybrid: its tokens are its stem's feature map's
+            old_grid = token_grid(config)
+            new_grid = token_grid({**config, "image_size": image_size})
+        elif H % P or W % P:
             raise ValueError(f"image_size {image_size} is not a multiple of the patch size {P}")
         if "pos_embed" in state:  # a learned E_pos; fixed sin-cos ones are made anew
-            old_grid = (old_H // P, old_W // P)
             state["pos_embed"] = resample_pos_embed(
-                state["pos_embed"], (H // P, W // P), interpolation, old_grid=old_grid
+                state["pos_embed"], new_grid, interpolation, old_grid=old_grid
             )
         config["image_size"] = image_size
     num_classes = config["num_classes"] if num_classes is None else num_classes
@@ -76,12 +80,13 @@ def for_finetuning(
     model, num_classes=None, image_size=None, interpolation="bicubic", new_head=False,
     **changes,
 ):  # fmt: skip
-    """A new ViT from ``model``'s weights, adapted by ``adapt``; ``changes`` set other
-    configuration entries (dropout, say) that do not alter any weight's shape."""
+    """A new model of ``model``'s kind (a ViT, a hybrid) from its weights, adapted by
+    ``adapt``; ``changes`` set other configuration entries (dropout, say) that do not
+    alter any weight's shape."""
     config, state = adapt(
         model.config, model.state_dict(), num_classes, image_size, interpolation, new_head
     )
-    new = ViT(**{**config, **changes})
+    new = type(model)(**{**config, **changes})
     new.load_state_dict(state)
     return new.to(model.pos_embed.device, model.pos_embed.dtype)  # where and as the model is
 

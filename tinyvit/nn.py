@@ -15,13 +15,17 @@ The layers of the encoder (Dosovitskiy et al., ICLR 2021):
 * ``Mlp``: two linear layers with a GELU between them (the MLP of Eq. 3).
 * ``Block``: the pre-norm encoder block, Eq. 2 and 3:
   ``z' = MSA(LN(z)) + z`` and ``z = MLP(LN(z')) + z'``.
+
+And the layers of a small CNN, for the hybrid's stem (Section 3.1):
+``Conv2d``, ``ReLU``, ``MaxPool2d`` and ``GroupNorm``, PyTorch's names,
+arguments and initialization, on the ops of ``conv.py``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import backend, checks
+from . import backend, checks, conv
 from . import functional as F
 from .tensor import Tensor
 
@@ -349,16 +353,109 @@ class Block(Module):
         return self.mlp(self.norm2(z)) + z  # Eq. 3
 
 
+# ---------------------------------------------------------------------------
+# a CNN's layers (the hybrid's stem, Section 3.1)
+# ---------------------------------------------------------------------------
+
+
+def kaiming_uniform(shape, fan_in, dtype=backend.DEFAULT_DTYPE):
+    """PyTorch's default initialization of a convolution (and of its bias): uniform in
+    ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` (``kaiming_uniform_(a=sqrt(5))``), drawn from the
+    generator that ``tinyvit.manual_seed`` seeds."""
+    bound = 1.0 / np.sqrt(fan_in)
+    uniform = backend.default_generator("cpu").random(shape)  # in [0, 1)
+    return ((2.0 * uniform - 1.0) * bound).astype(dtype)
+
+
+class Conv2d(Module):
+    """``torch.nn.Conv2d`` with ``groups=1``: ``weight (out, in, kh, kw)``, ``bias (out,)``.
+
+    ``kernel_size``, ``stride`` and ``padding`` are ints or pairs. Both
+    parameters start uniform in ``+-1/sqrt(in kh kw)``, as PyTorch's do.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        checks.POSITIVE_INT.check("Conv2d: in_channels", in_channels)
+        checks.POSITIVE_INT.check("Conv2d: out_channels", out_channels)
+        self.kernel_size = conv.pair_of("Conv2d", "kernel_size", kernel_size, 1)
+        self.stride = conv.pair_of("Conv2d", "stride", stride, 1)
+        self.padding = conv.pair_of("Conv2d", "padding", padding, 0)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = Parameter(
+            kaiming_uniform((out_channels, in_channels, *self.kernel_size), fan_in)
+        )
+        self.bias = Parameter(kaiming_uniform(out_channels, fan_in)) if bias else None
+
+    def forward(self, x):  # (B, in, H, W) -> (B, out, H_out, W_out)
+        return conv.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+        )
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return conv.relu(x)
+
+
+class MaxPool2d(Module):
+    """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0)``: stride defaults to the
+    kernel."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size = conv.pair_of("MaxPool2d", "kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else conv.pair_of(
+            "MaxPool2d", "stride", stride, 1
+        )
+        self.padding = conv.pair_of("MaxPool2d", "padding", padding, 0)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, C, H_out, W_out)
+        return conv.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class GroupNorm(Module):
+    """``torch.nn.GroupNorm(num_groups, num_channels, eps=1e-5)``: weight 1, bias 0."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5):
+        checks.POSITIVE_INT.check("GroupNorm: num_groups", num_groups)
+        checks.POSITIVE_INT.check("GroupNorm: num_channels", num_channels)
+        if num_channels % num_groups:
+            raise ValueError(
+                f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})"
+            )
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = Parameter(np.ones(num_channels, dtype=backend.DEFAULT_DTYPE))
+        self.bias = Parameter(np.zeros(num_channels, dtype=backend.DEFAULT_DTYPE))
+
+    def forward(self, x):
+        return conv.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
 __all__ = [
     "Attention",
     "Block",
     "Buffer",
+    "Conv2d",
     "Dropout",
     "GELU",
+    "GroupNorm",
     "LayerNorm",
     "Linear",
+    "MaxPool2d",
     "Mlp",
     "Module",
     "Parameter",
+    "ReLU",
+    "kaiming_uniform",
     "trunc_normal",
 ]

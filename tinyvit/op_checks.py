@@ -10,6 +10,8 @@ and returns the tensors.
 
 from __future__ import annotations
 
+import numbers
+
 from . import backend
 from .backend import xp_of
 from .tensor import Tensor, as_tensor
@@ -134,12 +136,117 @@ def check_cross_entropy(logits, target, label_smoothing, reduction):
     return logits, target.astype(logits.dtype)
 
 
+# ---------------------------------------------------------------------------
+# the convolutional stem's ops (tinyvit/conv.py)
+# ---------------------------------------------------------------------------
+
+
+def pair_of(op, name, value, low) -> tuple[int, int]:
+    """An int or a pair of ints, each ``>= low``, as ``(along H, along W)``."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(values) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low for v in values
+    ):
+        raise ValueError(
+            f"{op}: {name} must be an integer >= {low} or a pair of them, got {value!r}"
+        )
+    return int(values[0]), int(values[1])
+
+
+def _check_images(op, x):
+    if x.ndim != 4:
+        raise ValueError(
+            f"{op}: x must be a batch of images (B, C, H, W), got shape {x.shape}"
+        )
+
+
+def check_window(op, x_shape, kernel, stride, padding, what="kernel"):
+    """The output's ``(H_out, W_out)`` for a window sliding over ``x_shape`` (B, C, H, W)
+    after ``padding``; a ValueError naming the shapes when the window does not fit."""
+    H, W = x_shape[2:]
+    padded = (H + 2 * padding[0], W + 2 * padding[1])
+    if padded[0] < kernel[0] or padded[1] < kernel[1]:
+        raise ValueError(
+            f"{op}: the {what} ({kernel[0]} x {kernel[1]}) is larger than the padded input "
+            f"({padded[0]} x {padded[1]}: x has shape {tuple(x_shape)}, padding {padding})"
+        )
+    return ((padded[0] - kernel[0]) // stride[0] + 1, (padded[1] - kernel[1]) // stride[1] + 1)
+
+
+def check_conv2d(x, weight, bias, stride, padding):
+    """``x (B, C, H, W)``, ``weight (O, C, kh, kw)``, ``bias (O,)`` or None as tensors, with
+    ``stride`` and ``padding`` as pairs and the output's ``(H_out, W_out)``."""
+    x, weight, bias = as_tensors("conv2d", ("x", "weight", "bias"), (x, weight, bias))
+    _check_images("conv2d", x)
+    if weight.ndim != 4:
+        raise ValueError(
+            f"conv2d: weight must be (out_channels, in_channels, kh, kw), got shape "
+            f"{weight.shape}"
+        )
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"conv2d: x has {x.shape[1]} channels (shape {x.shape}) but weight expects "
+            f"{weight.shape[1]} (shape {weight.shape}, (out, in, kh, kw))"
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"conv2d: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+    stride = pair_of("conv2d", "stride", stride, 1)
+    padding = pair_of("conv2d", "padding", padding, 0)
+    out = check_window("conv2d", x.shape, weight.shape[2:], stride, padding)
+    return x, weight, bias, stride, padding, out
+
+
+def check_max_pool2d(x, kernel_size, stride, padding):
+    """``x (B, C, H, W)`` as a tensor, and the pooling's kernel, stride (the kernel's when
+    None, as in PyTorch), padding (at most half the kernel) and output size."""
+    (x,) = as_tensors("max_pool2d", ("x",), (x,))
+    _check_images("max_pool2d", x)
+    kernel = pair_of("max_pool2d", "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else pair_of("max_pool2d", "stride", stride, 1)
+    padding = pair_of("max_pool2d", "padding", padding, 0)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(
+            f"max_pool2d: padding {padding} must be at most half the kernel {kernel}: a "
+            "window would hold nothing but padding"
+        )
+    out = check_window("max_pool2d", x.shape, kernel, stride, padding, what="window")
+    return x, kernel, stride, padding, out
+
+
+def check_group_norm(x, num_groups, weight, bias):
+    """``x (B, C, ...)`` with ``weight`` and ``bias`` each ``(C,)`` or None, as tensors, for
+    a ``num_groups`` that divides ``C``."""
+    x, weight, bias = as_tensors("group_norm", ("x", "weight", "bias"), (x, weight, bias))
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: x must be (B, C, ...), got shape {x.shape}")
+    C = x.shape[1]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or (
+        num_groups < 1 or C % num_groups
+    ):
+        raise ValueError(
+            f"group_norm: num_groups must divide the {C} channels of x (shape {x.shape}), "
+            f"got {num_groups!r}"
+        )
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(
+                f"group_norm: {name} has shape {p.shape}, expected ({C},) for x of shape "
+                f"{x.shape}"
+            )
+    return x, weight, bias
+
+
 __all__ = [
     "as_tensors",
     "check_attention",
+    "check_conv2d",
     "check_cross_entropy",
     "check_dtypes",
+    "check_group_norm",
     "check_layer_norm",
     "check_linear",
+    "check_max_pool2d",
     "check_self_attention",
+    "check_window",
+    "pair_of",
 ]

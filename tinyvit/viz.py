@@ -492,8 +492,10 @@ def _mosaic(tiles, columns, gap=1, fill=np.nan):
 
 
 def _weight_of(model_or_weight):
+    """The filters that look at pixels: E of a ViT, a hybrid's first convolution."""
     if hasattr(model_or_weight, "patch_embed"):
-        return model_or_weight.patch_embed.proj.weight
+        embed = model_or_weight.patch_embed
+        return embed.filters if hasattr(embed, "filters") else embed.proj.weight
     return model_or_weight
 
 
