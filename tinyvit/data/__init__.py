@@ -1,4 +1,4 @@
-"""Data: CIFAR-10, downloaded and read; batches shuffled, augmented and normalized.
+"""Data: CIFAR-10 or your own folder of images; batches shuffled, augmented and normalized.
 
 The data a ViT is trained and tested on, from the bytes of the official
 release to the network's inputs, one concept per module, low to high:
@@ -6,6 +6,7 @@ release to the network's inputs, one concept per module, low to high:
     errors        DataError, for a data set that is missing or wrong
     download      a released file: resumed, verified, set aside, unpacked
     cifar10       CIFAR-10's binary release: the reader and its download
+    folders       your own images: one subfolder per class, decoded once, cached
     plans         random draws made on the host, moved to the device in one copy
     transforms    normalize; the basic augmentation (random crop, flip)
     image_ops     RandAugment's fourteen image operations (Pillow's, batched)
@@ -18,6 +19,7 @@ Every public name of these modules is here too:
 
     data = load_cifar10()                    # or load_cifar10("../shared/data")
     x_train, y_train, x_test, y_test, classes = data
+    photos = load_image_folder("my_photos", 32)  # the same fields, and its preprocessing
     for images, targets in batches(x_train, y_train, 128, seed=0, epoch=3):
         ...   # images (128, 3, 32, 32) float32, targets (128,) int64
 """
@@ -58,6 +60,15 @@ from .cifar10 import (
 )
 from .download import Release, download_release, extract_folder, md5sum
 from .errors import DataError
+from .folders import (
+    IMAGE_SUFFIXES,
+    VAL_FRACTION,
+    ImageFolder,
+    channel_statistics,
+    data_kind,
+    find_images,
+    load_image_folder,
+)
 from .image_ops import (
     affine,
     autocontrast,
@@ -105,6 +116,8 @@ __all__ = [
     "FlipPlan",
     "GEOMETRIC",
     "IMAGE_SHAPE",
+    "IMAGE_SUFFIXES",
+    "ImageFolder",
     "MD5",
     "MEAN",
     "META_FILE",
@@ -121,6 +134,7 @@ __all__ = [
     "TEST_FILE",
     "TRAIN_FILES",
     "URL",
+    "VAL_FRACTION",
     "affine",
     "apply_augmentation",
     "augment_batch",
@@ -128,10 +142,12 @@ __all__ = [
     "batch_rng",
     "batches",
     "brightness",
+    "channel_statistics",
     "check_root",
     "color",
     "contrast",
     "cutmix",
+    "data_kind",
     "default_root",
     "download_cifar10",
     "download_release",
@@ -141,9 +157,11 @@ __all__ = [
     "extract_cifar10",
     "extract_folder",
     "find_folder",
+    "find_images",
     "horizontal_flip",
     "identity",
     "load_cifar10",
+    "load_image_folder",
     "md5sum",
     "mixup",
     "normalize",
