@@ -16,10 +16,11 @@ shared with any kernel (``op_checks.py``), each op ``@replaceable``
 * ``relu``: ``max(x, 0)``;
 * ``max_pool2d``: the largest value of each window, with PyTorch's
   semantics (padding by ``-inf``, the output size rounded down);
-* ``group_norm``: the normalization of the paper's ResNet (Appendix B.1:
-  Group Normalization with standardized weights, Kolesnikov et al.'s BiT),
-  LayerNorm over groups of channels; it has no running statistics, so a
-  model behaves the same in training and in evaluation.
+* ``group_norm``: the normalization of the paper's ResNets (Section 4.1:
+  Group Normalization instead of Batch Normalization, with standardized
+  convolutions, as in Kolesnikov et al.'s BiT), LayerNorm over groups of
+  channels; it has no running statistics, so a model behaves the same in
+  training and in evaluation.
 
 Images are ``(B, C, H, W)``, weights ``(out_channels, in_channels, kh,
 kw)``, as in PyTorch; a ``stride``, ``padding`` or ``kernel_size`` is an int
