@@ -1,5 +1,7 @@
 """Fine-tuning (Section 3.2): a new head, a new resolution, a short supervised run.
 
+    python -m tinyvit.finetune --model NAME|PATH --data-dir FOLDER [--image-size 384]
+
 The paper pre-trains on a large data set, then fine-tunes on the task at
 hand: the head is replaced by a zero-initialized ``Linear`` for the new
 classes and, when the images are larger than in pre-training, the patch size
@@ -11,10 +13,21 @@ to its resolution by ``tinyvit.resample.interpolate``, and tests it as it
 goes with ``tinyvit.loop.evaluate``. Its step is ``tinyvit.loop.train_step``,
 the trainer's own: AdamW with warm-up and cosine decay, a clipped step, a
 finiteness check.
+
+The command line fine-tunes a pre-trained model on a folder of your images
+with the trainer itself (``tinyvit.train``, its ``finetune`` recipe and its
+``init`` setting): the paper's recipe (a zero-initialized head for the
+folder's classes, ``E_pos`` resampled when ``--image-size`` changes the
+resolution, SGD with momentum 0.9, no weight decay, clipping at 1, a
+warm-up then cosine decay), and the trainer's run folder, lock,
+checkpoints, ``--resume`` (which needs no network: the checkpoint holds the
+weights) and Ctrl-C. ``finetune()`` below is the same recipe's idea as one
+function for lessons 9 and 10, on arrays.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -131,4 +144,16 @@ def finetune(
     return history
 
 
-__all__ = ["finetune"]
+def main(argv=None) -> int:
+    """``python -m tinyvit.finetune``: the trainer's command line with the finetune recipe,
+    ``--model`` naming the pre-trained model to start from; returns the exit status."""
+    from .train.command import main as train_main
+
+    return train_main(argv, finetune=True)
+
+
+__all__ = ["finetune", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -234,7 +234,10 @@ def check_root(root=None) -> Path:
     """
     named = root is not None
     root = Path(root).expanduser() if named else default_root()
-    holds = f"a folder that holds {FOLDER}/ or the archive {ARCHIVE}"
+    holds = (
+        f"a folder that holds {FOLDER}/ or the archive {ARCHIVE} (or, for your own images, "
+        "one subfolder of images per class)"
+    )
     default = f"the default data folder {default_root()} ($TINYVIT_DATA, else ~/.cache/tinyvit)"
     if root.exists() and not root.is_dir():
         raise _data_error(
