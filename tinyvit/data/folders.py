@@ -37,7 +37,6 @@ for ``predict`` and the evaluation to use the same).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -268,13 +267,8 @@ def _write_cache(path: Path, key: str, images, labels, test, skipped, log) -> No
     arrays = dict(key=np.array(key), images=images, labels=labels, test=test,
                   skipped=np.array(json.dumps(skipped)))  # fmt: skip
 
-    def write(f):
-        buffer = io.BytesIO()  # np.savez seeks, which a temporary file allows too
-        np.savez(buffer, **arrays)
-        f.write(buffer.getbuffer())
-
     try:
-        files.atomic_write(path, write)
+        files.atomic_write(path, lambda f: np.savez(f, **arrays))  # uncompressed: read fast
     except files.WriteError as error:
         log(f"could not keep the decoded images ({error}): they are decoded again next time")
 
