@@ -23,7 +23,7 @@ The package follows the paper's data flow, low to high:
     checkpoint  save() and load() of a model with its configuration
     resample    interpolation: images, attention maps, position embeddings (3.2)
     interop     official Google checkpoints (read and write), new resolutions
-    data        CIFAR-10: download, reading, batches, augmentation
+    data        CIFAR-10 and folders of your images: reading, batches, augmentation
     labels      class names: ImageNet-1k's (shipped), a model's own, CIFAR-10's
     hub         timm's ViTs on the Hugging Face Hub: configuration and weights, no PyTorch
     official    the paper's checkpoints by name: a verified, resumable download
@@ -31,9 +31,10 @@ The package follows the paper's data flow, low to high:
     optim       SGD, AdamW, warm-up and cosine decay, gradient clipping
     ema         a moving average of the weights, for testing
     loop        the one training step and the one evaluation every loop shares
+    distributed several processes, one run: who is who, the all-reduce (MPI, NCCL)
     cli         one-line errors and checked flags for the command lines
     train       the trainer and its command line (python -m tinyvit.train)
-    finetune    Section 3.2: a new head, a new resolution, a short supervised run
+    finetune    Section 3.2: a new head, a new resolution; python -m tinyvit.finetune
     pretrain    Section 4.6: masked patch prediction
     fewshot     the paper's few-shot linear probe on frozen features
     inspection  Section 4.5: attention maps, rollout, attention distance, the embeddings

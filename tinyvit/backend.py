@@ -22,10 +22,15 @@ the command that installs it. ``use_cupy`` hands the device another module
 that behaves as CuPy (the test suite's stand-in, when there is no GPU).
 Random generators (``Generator``) offer what NumPy's and CuPy's share, and
 ``to_device_together`` and ``scalars`` move many small arrays, or read many
-numbers back, in one copy.
+numbers back, in one copy. For data parallelism (``tinyvit.distributed``),
+``batch_shard`` keeps a batch's random masks the same however many processes
+share the batch, and ``use_gpu`` and ``nccl_process_group`` give each process
+a GPU of its own and NCCL between them.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -347,6 +352,21 @@ class Generator:
         """A random order of ``0 .. n-1``: the ranks of ``n`` uniform draws."""
         return module_for(self.device).argsort(self.random(n))
 
+    def batch_random(self, shape, dtype=np.float64):
+        """Uniform numbers for a batch whose rows are the first axis of ``shape``.
+
+        Alone, ``random(shape)``. In a process that holds part ``i`` of ``n``
+        equal parts of every batch (``batch_shard``), the numbers of the whole
+        batch are drawn and part ``i`` of them kept: each image gets the
+        numbers it gets when one process trains on the whole batch.
+        """
+        index, parts = _shard
+        if parts == 1:
+            return self.random(shape, dtype=dtype)
+        rows = shape[0]
+        whole = self.random((rows * parts, *shape[1:]), dtype=dtype)
+        return whole[index * rows : (index + 1) * rows]
+
     def __getattr__(self, name):
         raise AttributeError(
             f"tinyvit's generator has no {name!r}: it offers what NumPy's and CuPy's "
@@ -357,6 +377,7 @@ class Generator:
 
 _generators: dict[str, Generator] = {}
 _seed = 0
+_shard = (0, 1)  # (this process's part, parts) of every batch: see batch_shard
 
 
 def new_generator(seed: int, device: str = "cpu") -> Generator:
@@ -376,3 +397,53 @@ def default_generator(device: str = "cpu") -> Generator:
     if device not in _generators:
         _generators[device] = new_generator(_seed, device)
     return _generators[device]
+
+
+@contextlib.contextmanager
+def batch_shard(index: int, parts: int):
+    """Inside the block this process holds part ``index`` of ``parts`` equal parts of each
+    batch (data parallelism: ``tinyvit.distributed``); ``Generator.batch_random`` then
+    draws for the whole batch and keeps the part, so that a random mask (dropout,
+    PatchDropout) does not depend on how many processes share the batch."""
+    global _shard
+    if not 0 <= index < parts:
+        raise ValueError(f"batch_shard: part {index} of {parts} does not exist")
+    previous, _shard = _shard, (int(index), int(parts))
+    try:
+        yield
+    finally:
+        _shard = previous
+
+
+# ---------------------------------------------------------------------------
+# Several GPUs: one process per GPU (tinyvit.distributed), each on its own.
+# ---------------------------------------------------------------------------
+
+
+def use_gpu(local_rank: int) -> int:
+    """Make GPU ``local_rank`` (modulo the GPUs this process sees) the current device of
+    this process, before anything is put on a GPU; returns its number. A launcher that
+    gives each process one GPU of its own (``CUDA_VISIBLE_DEVICES``) leaves one to see.
+
+    The device is chosen before ``cuda_problem``'s checks run on it: run on the
+    default device, they would give every process a context on GPU 0.
+    """
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver, no GPU: the check says which
+        count = 0
+    if count < 1:
+        check_device_name("cuda")  # the DeviceError that says why
+    number = int(local_rank) % count
+    cupy.cuda.Device(number).use()
+    check_device_name("cuda")
+    return number
+
+
+def nccl_process_group(size: int, rank: int):
+    """CuPy's NCCL communicator of ``size`` processes, one GPU each
+    (``cupyx.distributed.init_process_group``, its rendezvous through MPI): its
+    ``all_reduce`` and ``broadcast`` take device arrays."""
+    import cupyx.distributed  # noqa: PLC0415  (NCCL: only for runs on several GPUs)
+
+    return cupyx.distributed.init_process_group(size, rank, backend="nccl", use_mpi=True)

@@ -357,8 +357,9 @@ def dropout(x, p=0.5, training=True, generator=None) -> Tensor:
     Only while ``training``; otherwise ``x`` passes through. ``generator`` is
     a random generator of ``x``'s device (``backend.new_generator(seed,
     device)``); by default the device's shared one, seeded by
-    ``backend.manual_seed``. The same seed gives the same masks. Backward:
-    the same mask times the gradient.
+    ``backend.manual_seed``. The same seed gives the same masks, each image
+    its own however many processes share the batch (``backend.batch_shard``).
+    Backward: the same mask times the gradient.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
@@ -370,7 +371,7 @@ def dropout(x, p=0.5, training=True, generator=None) -> Tensor:
         keep = xp.zeros_like(x.data)
     else:
         rng = generator if generator is not None else backend.default_generator(x.device)
-        keep = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
+        keep = (rng.batch_random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
     return Tensor.from_op(x.data * keep, (x,), lambda g: (g * keep,), "dropout")
 
 
@@ -402,7 +403,7 @@ def patch_dropout(x, p=0.5, training=True, generator=None, num_prefix_tokens=1) 
     B, T, _ = x.shape
     keep = max(1, int((T - num_prefix_tokens) * (1.0 - p)))
     rng = generator if generator is not None else backend.default_generator(x.device)
-    chosen = xp.argsort(rng.random((B, T - num_prefix_tokens)), axis=1)[:, :keep]  # (B, K)
+    chosen = xp.argsort(rng.batch_random((B, T - num_prefix_tokens)), axis=1)[:, :keep]  # (B, K)
     prefix = xp.broadcast_to(xp.arange(num_prefix_tokens), (B, num_prefix_tokens))
     index = xp.concatenate([prefix, xp.sort(chosen, axis=1) + num_prefix_tokens], axis=1)
     rows = xp.arange(B)[:, None]  # (B, 1): with index (B, prefix + K), picks tokens per row
