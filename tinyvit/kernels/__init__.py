@@ -27,11 +27,12 @@ Each op also keeps its reference body as ``op.reference``
 CPU, and ``describe()`` says so. On the GPU the other reference ops run as
 they are, whole-array CuPy calls.
 
-Three settings belong to the whole process rather than to a kernel:
-OpenBLAS's and numba's idle threads told to sleep at once, and glibc told
-to keep freed memory (``cpu_runtime.py`` says why). Importing tinyvit
-changes none of them; ``configure_process()`` applies them, once, at the
-start of a program that trains or measures.
+Two settings belong to the whole process rather than to a kernel:
+OpenBLAS's idle threads told to sleep at once, and glibc told to keep
+freed memory (``cpu_runtime.py`` says why). Importing tinyvit changes
+neither; ``configure_process()`` applies both, once, at the start of a
+program that trains or measures. (numba's threads, which only the kernels
+use, the kernels start themselves, told to sleep when idle.)
 """
 
 from __future__ import annotations
@@ -70,9 +71,7 @@ def configure_process() -> dict:
     * OpenBLAS's idle threads sleep at once instead of spinning for about
       2^28 cycles (``cpu_runtime.quiet_blas_threads``; a timeout already set
       in ``$OPENBLAS_THREAD_TIMEOUT`` is kept), whether NumPy was imported
-      before tinyvit or not;
-    * so do numba's OpenMP threads after a loop (``cpu_runtime.quiet_numba_threads``;
-      a policy set in ``$OMP_WAIT_POLICY`` is kept), if called before the first kernel;
+      before tinyvit or not (numba's sleep at once already: ``cpu_runtime``);
     * glibc keeps freed blocks of up to 32 MB and never trims its heap, so
       that each training step reuses the memory of the last without page
       faults (``cpu_runtime.keep_freed_memory``), at the price of the process
@@ -81,12 +80,11 @@ def configure_process() -> dict:
     Importing tinyvit does none of these: a library that changes its host
     process's threads and allocator on import would surprise the program
     that imported it. Calling it again does nothing new. Returns
-    ``{setting: applied}``, False where the process has no OpenBLAS, numba's
-    threads started already, or the C library is not glibc.
+    ``{setting: applied}``, False where the process has no OpenBLAS or the C
+    library is not glibc.
     """
     return {
         "openblas_threads_sleep": cpu_runtime.quiet_blas_threads(),
-        "numba_threads_sleep": cpu is not None and cpu_runtime.quiet_numba_threads(),
         "malloc_keeps_freed_memory": cpu_runtime.keep_freed_memory(),
     }
 

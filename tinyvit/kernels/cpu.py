@@ -38,7 +38,9 @@ Three rules keep the loops vectorized and exact:
   each kernel to its reference within it. AdamW's update uses neither, and
   equals its reference to the bit.
 
-The matrix products stay with NumPy (OpenBLAS): ``linear`` has no kernel,
+Each op starts numba's threads before its first loop, once, told to sleep
+when idle (``cpu_runtime.start_numba_threads``): OpenBLAS needs the cores
+between the loops. The matrix products stay with NumPy (OpenBLAS): ``linear`` has no kernel,
 and the attention hands its four products to NumPy and its softmax, scale
 and row sums to a loop. ``KERNELS`` maps each op's name to its kernel;
 ``kernels/__init__.py`` registers them for the ``"cpu"`` device. A kernel
@@ -64,6 +66,7 @@ from ..op_checks import (
 )
 from ..special import ERF_COEFFICIENTS, ERF_P, SQRT_2_OVER_PI, TANH_CUBIC
 from ..tensor import Tensor, as_tensor
+from .cpu_runtime import start_numba_threads
 
 ELEMENTWISE = {"contract"}  # a * b + c rounded once (a fused multiply-add)
 ROW_SUMS = {"contract", "reassoc"}  # ...and sums added in vector lanes
@@ -339,6 +342,7 @@ def softmax(x, axis=-1) -> Tensor:
     x = as_tensor(x)
     if axis not in (-1, x.ndim - 1) or x.dtype not in LOOP_DTYPES:
         return dispatch.reference("softmax")(x, axis)  # not rows, or a dtype without loops
+    start_numba_threads()
     one = x.dtype.type(1.0)
     y = np.empty(x.shape, dtype=x.dtype)
     softmax_loop(_rows(x.data), y.reshape(-1, x.shape[-1]), one)
@@ -355,6 +359,7 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean") -> Tens
     logits, probs = check_cross_entropy(logits, target, label_smoothing, reduction)
     if logits.dtype not in LOOP_DTYPES:
         return dispatch.reference("cross_entropy")(logits, target, label_smoothing, reduction)
+    start_numba_threads()
     batch = logits.shape[0]
     per_example = np.empty(batch, dtype=logits.dtype)  # (B,)
     grad = np.empty(logits.shape, dtype=logits.dtype)  # (B, C): d(sum of losses)/d logits
@@ -377,6 +382,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     x, weight, bias = check_layer_norm(x, weight, bias)
     if x.dtype not in LOOP_DTYPES:
         return dispatch.reference("layer_norm")(x, weight, bias, eps)
+    start_numba_threads()
     real, dim = x.dtype.type, x.shape[-1]
     w = np.ones(dim, x.dtype) if weight is None else np.ascontiguousarray(weight.data)
     b = np.zeros(dim, x.dtype) if bias is None else np.ascontiguousarray(bias.data)
@@ -408,6 +414,7 @@ def gelu(x, approximate="none") -> Tensor:
     x = as_tensor(x)
     if x.dtype not in LOOP_DTYPES:
         return dispatch.reference("gelu")(x, approximate)
+    start_numba_threads()
     flat = _flat(x.data)
     y, slope = np.empty(flat.shape, dtype=x.dtype), np.empty(flat.shape, dtype=x.dtype)
     (gelu_loop if approximate == "none" else gelu_tanh_loop)(flat, y, slope)
@@ -450,6 +457,7 @@ def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
     q, k, v = check_attention(q, k, v)
     if q.dtype not in LOOP_DTYPES:
         return dispatch.reference("scaled_dot_product_attention")(q, k, v, scale, need_weights)
+    start_numba_threads()
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
     out = np.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)  # (..., N, dv)
     attn = _attention(q.data, k.data, v.data, out, scale)
@@ -470,6 +478,7 @@ def self_attention(qkv, heads, need_weights=False):
     qkv = check_self_attention(qkv, heads)
     if qkv.dtype not in LOOP_DTYPES:
         return dispatch.reference("self_attention")(qkv, heads, need_weights)
+    start_numba_threads()
     B, N, three_d = qkv.shape
     head_dim = three_d // (3 * heads)
     scale = qkv.dtype.type(1.0 / math.sqrt(head_dim))
@@ -503,6 +512,7 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_
         return dispatch.reference("adamw_update")(
             param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_decay
         )
+    start_numba_threads()
     real = param.dtype.type
     beta1, beta2 = betas
     step_size = lr / (1.0 - beta1**step)

@@ -9,9 +9,9 @@ for more, and on a machine with few cores a spinning thread holds the core
 the other kind needs next. OpenBLAS's spin for about 2^28 cycles; told to
 wait 2^4 (``OPENBLAS_THREAD_TIMEOUT=4``) they sleep at once, and the
 products are no slower (``quiet_blas_threads``). numba's, when its
-threading layer is OpenMP, sleep at once with ``OMP_WAIT_POLICY=passive``
-(``quiet_numba_threads``), which OpenMP reads when numba starts them, at
-the first kernel.
+threading layer is OpenMP, sleep at once with ``OMP_WAIT_POLICY=passive``,
+which OpenMP reads when numba starts them: the kernels start them so,
+before their first loop (``start_numba_threads``), whoever imported tinyvit.
 
 **The allocator.** glibc hands every freed block above 128 KB straight back to
 the operating system, and the next activation of the same size is paid for
@@ -20,8 +20,8 @@ few sizes every step, so ``keep_freed_memory`` asks glibc to keep them, and
 never to trim the heap: a step frees most of its activations at once, and a
 trimmed heap would be faulted back in by the next forward pass.
 
-These are settings of the whole process, not of one kernel: importing
-tinyvit changes none of them. A program that trains calls
+OpenBLAS's timeout and the allocator are settings of the whole process,
+not of one kernel: importing tinyvit changes neither. A program that trains calls
 ``tinyvit.kernels.configure_process()`` once, at its start; tinyvit's own
 entry points do (the trainer, ``python -m tinyvit``, the lessons, the
 benchmarks). ``benchmarks/README.md`` records what each of these measured on
@@ -115,12 +115,26 @@ def numba_threads_started() -> bool:
     return bool(getattr(parallel, "_is_initialized", False))
 
 
-def quiet_numba_threads() -> bool:
-    """Make numba's OpenMP threads sleep as soon as a loop ends (``OMP_WAIT_POLICY=passive``;
-    a policy set in the environment is kept). False once numba has started its threads:
-    OpenMP has read the environment then. Part of ``configure_process``."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    return not numba_threads_started()
+def start_numba_threads() -> None:
+    """Start numba's threads, once, with OpenMP's told to sleep as soon as a loop ends.
+
+    OpenMP reads ``OMP_WAIT_POLICY`` when numba first starts its threads; the
+    kernels call this before their first loop, which sets it to ``passive``
+    for that moment (a policy set in the environment is kept) and leaves the
+    environment as it was, so that a library loaded later (PyTorch's own
+    OpenMP) reads what it would have read.
+    """
+    if numba_threads_started():
+        return
+    import numba
+
+    preset = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = preset or "passive"
+    try:
+        numba.get_num_threads()  # starts the threads; OpenMP reads the environment now
+    finally:
+        if preset is None:
+            del os.environ["OMP_WAIT_POLICY"]
 
 
 def thread_note() -> str:
