@@ -441,7 +441,7 @@ def check_same(comm: Communicator, what: str, value: dict) -> None:
             )
             raise DistributedError(
                 f"rank {rank} of {comm.size} has other {what} than rank 0 ({detail}); every "
-                "process must be started with the same command"
+                "process must be started with the same command, and read the same data"
             )
 
 
