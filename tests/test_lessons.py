@@ -31,12 +31,15 @@ FIGURES = {
     "10_masked_patch_prediction.py": ["pretrain_loss.png", "mpp_examples.png", "comparison.png"],
     "11_kernels.py": ["blocks_and_threads.png", "float32_cdf_error.png", "reference_vs_kernel.png"],
     "12_a_real_vit.py": ["figure6.png", "figure7.png"],
+    "13_hybrid.py": ["conv_backward.png", "equal_time.png", "hybrid_attention.png"],
+    "14_data_parallel.py": ["shard_gradients.png", "ring_allreduce.png", "scaling.png"],
 }
-NEEDS_DATA = {name for name in FIGURES if "06" <= name[:2] <= "10"}
+NEEDS_DATA = {name for name in FIGURES if "06" <= name[:2] <= "10"} | {"13_hybrid.py"}
 # What a --quick run is too short to show, said in its output.
 QUICK_CAVEATS = {
     "09_fine_tuning.py": "--quick: 6 steps are too few to show fine-tuning's gain",
     "12_a_real_vit.py": "--quick: the shipped CIFAR-10 model stands in for the paper's ViT-B/16",
+    "13_hybrid.py": "--quick: seconds of training on a slice of the data are too few",
 }
 # No test reaches the network: every URL goes to a closed port of this machine.
 NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",

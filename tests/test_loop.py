@@ -98,11 +98,11 @@ def test_evaluate_in_eval_mode_at_the_model_resolution():
 
 
 def test_every_loop_takes_the_one_step_and_the_one_evaluation():
-    from tinyvit.train import trainer
+    from tinyvit.train import parallel, trainer
 
     for module in (trainer, tinyvit.finetune, tinyvit.pretrain):
         assert module.train_step is loop.train_step, module.__name__
-    for module in (trainer, tinyvit.finetune):
+    for module in (parallel, tinyvit.finetune):  # the trainer tests through train.parallel
         assert module.evaluate is loop.evaluate, module.__name__
     assert tinyvit.train.TrainingDiverged is TrainingDiverged
 

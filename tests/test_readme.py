@@ -57,8 +57,8 @@ def test_the_test_command_installs_on_a_mac_and_on_windows():
     only where its pinned release has wheels, so that a Mac (no CuPy wheel at all, no
     PyTorch 2.13 for Intel) installs what it can and skips the rest."""
     command = readme_commands()[1]
-    assert 'pip install -e ".[test]" &&' in command
-    assert "torch" not in command and "cupy" not in command
+    assert 'pip install -e ".[test,mpi]" &&' in command
+    assert "torch" not in command and "cupy" not in command and "mpich" not in command
     test = extra_requirements("test")
     torch, cupy = test["torch"], test["cupy-cuda12x"]
     assert str(torch.specifier) == "==2.13.0" and str(cupy.specifier) == "==14.2.0"
@@ -71,6 +71,13 @@ def test_the_test_command_installs_on_a_mac_and_on_windows():
     assert not kept_on(cupy, "linux", "x86_64", "3.15")
     gpu = extra_requirements("gpu")["cupy-cuda12x"]
     assert kept_on(gpu, "linux", "x86_64") and not kept_on(gpu, "darwin", "arm64")
+    # mpi4py everywhere; MPICH's wheel where it has one (elsewhere the system's MPI, if any)
+    mpi = extra_requirements("mpi")
+    assert not mpi["mpi4py"].marker
+    for wheels in [("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "arm64"),
+                   ("darwin", "x86_64")]:  # fmt: skip
+        assert kept_on(mpi["mpich"], *wheels)
+    assert not kept_on(mpi["mpich"], "win32", "AMD64")
 
 
 def python_blocks():

@@ -560,8 +560,10 @@ def test_help_lists_every_flag_with_its_real_default():
     for flag in ("--overwrite", "--resume", "--epochs", "--lr", "--heads", "--data-dir"):
         assert flag in text
     assert "(default: as many as fit in the time budget; recipes gpu: 200, quick: 2)" in text
-    assert "default: the model's (vit_cifar_tiny: 3, vit_lite_7_4: 4, quick recipe: 2)" in text
-    assert "(vit_cifar_tiny: cls, vit_lite_7_4: cls, cpu recipe: mean)" in text
+    assert ("default: the model's (vit_cifar_tiny: 3, vit_lite_7_4: 4, hybrid_cifar_2x3: 2, "
+            "quick recipe: 2)") in text  # fmt: skip
+    assert ("(vit_cifar_tiny: cls, vit_lite_7_4: cls, hybrid_cifar_2x3: cls, cpu recipe: mean, "
+            "hybrid recipe: mean)") in text  # fmt: skip
     assert "(default: 30m; recipes gpu: none, quick: none)" in text
     assert "--dropout X" in text and "--pool {cls,mean}" in text
 

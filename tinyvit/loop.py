@@ -10,6 +10,7 @@ data and their loss; the step is the same, and it lives here, once:
     masks   = seeded by (seed, step)         dropout, reproducible and resumable
     loss    = forward()                      the model, then the loss
     grads   = loss.backward()
+    grads   = mean over processes            data parallelism: one all-reduce (distributed)
     grads  *= min(1, clip / ||grads||)       global gradient-norm clipping, on the device
     finite? else TrainingDiverged            loss and norm read together; weights untouched
     weights = optimizer.step()               AdamW or SGD
@@ -36,6 +37,7 @@ import numpy as np
 from . import backend, checks, data
 from . import functional as F
 from . import progress as bars
+from .images import preprocessing_of
 from .optim import AdamW, WarmupCosine, clip_gradients
 from .resample import interpolate
 from .tensor import no_grad
@@ -83,8 +85,9 @@ def step_seed(seed, step) -> int:
 
 
 def train_step(
-    model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run="training", max_loss=None
-):
+    model, optimizer, forward, *, step, lr, clip=0.0, seed=None, run="training", max_loss=None,
+    average=None,
+):  # fmt: skip
     """One optimization step of ``model``; returns ``(loss value, output)``.
 
     ``forward()`` runs the model and returns ``(loss, output)``: the scalar
@@ -95,6 +98,10 @@ def train_step(
     gradient norm that is not finite, raises ``TrainingDiverged`` before the
     weights change, and so does a finite loss above ``max_loss`` when it is given
     (``diverged_loss``). ``clip`` is the largest global gradient norm (0: none).
+    With data parallelism, ``average(loss)`` is called after ``backward()``:
+    it averages the optimizer's gradient buffer over the processes, in place,
+    and returns the loss averaged with it (``distributed``), so that the
+    clipping, the checks and the update see the whole batch's.
     """
     optimizer.set_lr(lr)
     if seed is not None:
@@ -102,9 +109,10 @@ def train_step(
     loss, output = forward()
     optimizer.zero_grad()
     loss.backward()
+    mean = loss.data if average is None else average(loss.data)  # 0-d, on the device
     norm = clip_gradients(model.parameters(), clip) if clip else None  # 0-d, on the device
     # The step's one synchronization: the loss and the norm, read in one copy.
-    value, norm = backend.scalars(loss.data, norm)
+    value, norm = backend.scalars(mean, norm)
     if not math.isfinite(value):
         raise TrainingDiverged("loss", value, step, lr, run=run)
     if max_loss is not None and value > max_loss:
@@ -125,9 +133,10 @@ class Evaluation(NamedTuple):
 def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="testing", tta=False):
     """Mean cross-entropy and accuracy of ``model`` on uint8 ``images`` ``(n, C, H, W)``.
 
-    Images are normalized as for training and resized to the model's
-    resolution (``resample.interpolate``, bilinear) when they differ; the
-    model runs in evaluation mode, without a graph, on its own device and in
+    Images are normalized as for training (by the mean and standard deviation
+    of the model's ``preprocessing``) and resized to the model's resolution
+    (``resample.interpolate``, bilinear) when they differ; the model runs in
+    evaluation mode, without a graph, on its own device and in
     its own dtype, and is put back in the mode it was in. With ``tta=True``
     (test-time augmentation) each image is also seen mirrored left to right
     and the two predicted distributions are averaged: the loss is that of the
@@ -152,9 +161,10 @@ def evaluate(model, images, labels, *, batch_size=500, progress=False, desc="tes
     was_training = model.training
     model.eval()
     loss_sum = correct = 0  # sums on the model's device, read once at the end
+    p = preprocessing_of(model)
     batches = data.batches(
         images, labels, batch_size, shuffle=False, augment="none", drop_last=False,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, mean=p.mean, std=p.std,
     )  # fmt: skip
     total = data.num_batches(len(images), batch_size, drop_last=False)
     try:

@@ -1,8 +1,12 @@
-"""Training a Vision Transformer on CIFAR-10: the run, its checkpoints, its command line.
+"""Training a Vision Transformer on CIFAR-10 or your images: the run, its checkpoints, its
+command line.
 
     python -m tinyvit.train                        # the default CPU run (30 minutes)
     python -m tinyvit.train --recipe gpu --device cuda
     python -m tinyvit.train --resume --out runs/cifar10
+    python -m tinyvit.train --data-dir my_photos   # a folder of class subfolders
+    python -m tinyvit.finetune --model ViT-B/16 --data-dir my_photos   # the finetune recipe
+    mpiexec -n 2 python -m tinyvit.train           # one run, two processes (the mpi extra)
 
 In Python, ``Trainer(recipe("cpu"), load_cifar10(), "runs/cifar10").fit()``.
 
@@ -15,8 +19,10 @@ what a long run needs around it, one concern a module:
     run_folder  the run's files, the checks before the first step, the lock
     stopping    Ctrl-C as a request: the step ends, the checkpoint is written
     state       what a checkpoint holds so that a resumed run ends as if it never stopped
+    start       its data (CIFAR-10, your images) and first weights (random, pre-trained)
     metrics     the epoch's sums, metrics.jsonl and curves.png
     trainer     Trainer: epochs, tests, checkpoints, the time budget, EMA, flips
+    parallel    one run shared by several processes (mpiexec): who draws, writes, prints
     command     the command line, generated from the settings
 """
 

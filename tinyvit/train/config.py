@@ -17,22 +17,27 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .. import backend, data
-from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT
+from .. import backend, checks, data
+from ..checks import FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
 from ..cli import duration_type
-from ..settings import check_settings, setting
-from ..vit import NAMES, ViTConfig
-from ..vit import config as vit_config
+from ..models import NAMES
+from ..models import config as named_config
+from ..settings import check_settings, check_value, setting
+from ..vit import ViTConfig
 
 DEFAULT_TIME_BUDGET = 1800.0  # seconds: the run's length when none is given
 LENGTHS = ("steps", "epochs", "time_budget")  # the ways to say how long a run is
 
-# The ViT settings a run may change (the others follow from the data set or stay
-# the named model's); their ranges and help are ViTConfig's.
+# The model settings a run may change (the others follow from the data set or stay
+# the named model's); their ranges and help are ViTConfig's, and the stem's a hybrid's
+# (HybridConfig: a plain ViT has no stem to change).
 MODEL_SETTINGS = (
-    "patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "dropout", "pos_embed",
-    "patch_dropout",
+    "image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "dropout",
+    "pos_embed", "patch_dropout", "stem_channels", "stem_kernel_size", "stem_pools", "stem_norm",
 )  # fmt: skip
+# What a run that starts from a pre-trained model (init) may change in it: nothing that
+# changes a weight's shape, but the input size (its E_pos resampled in 2-D, Section 3.2).
+FINETUNE_SETTINGS = ("image_size", "dropout", "patch_dropout")
 
 
 class RunError(ValueError):
@@ -56,12 +61,20 @@ class TrainConfig:
     """
 
     model: str = setting(
-        "vit_cifar_tiny", NAMES, "a named ViT configuration", metavar="NAME",
+        "vit_cifar_tiny", NAMES, "a named model configuration: a ViT's, or a hybrid's "
+        "(hybrid_cifar_2x3: a convolutional stem's feature map as the tokens)", metavar="NAME",
         aliases=("--config",), long_choices=True,
     )  # fmt: skip
     model_overrides: dict = setting(
         kind=None, help="the named model's settings that this run changes",
         factory=lambda: {"pool": "mean", "patch_dropout": 0.5}, flag=False,
+    )  # fmt: skip
+    init: str | None = setting(
+        None, None, "start from this pre-trained model (a timm name on the Hugging Face Hub, "
+        "an official checkpoint such as ViT-B/16, a file) with a zero-initialized head for "
+        "the data's classes, instead of --model's random weights: Section 3.2's fine-tuning "
+        "(with --recipe finetune: python -m tinyvit.finetune's run)",
+        optional=True, metavar="NAME|PATH", none="none: from scratch",
     )  # fmt: skip
     epochs: int | None = setting(
         None, POSITIVE_INT, "passes over the training images", optional=True,
@@ -80,7 +93,10 @@ class TrainConfig:
         optional=True, parse=duration_type, metavar="TIME", show=_minutes,
     )  # fmt: skip
     batch_size: int = setting(128, POSITIVE_INT, "images per step")
-    optimizer: str = setting("adamw", ("adamw", "sgd"), "adamw, or sgd with Nesterov momentum")
+    optimizer: str = setting(
+        "adamw", ("adamw", "sgd", "momentum"),
+        "adamw; sgd with Nesterov momentum; or momentum, SGD with plain momentum (fine-tuning)",
+    )  # fmt: skip
     lr: float = setting(1e-3, POSITIVE, "the peak learning rate, reached at the end of the warm-up")
     min_lr: float = setting(1e-5, NONNEGATIVE, "the learning rate at the end of the cosine decay")
     weight_decay: float = setting(
@@ -96,6 +112,13 @@ class TrainConfig:
         1.0, NONNEGATIVE, "the largest global gradient norm (0: no clipping)"
     )
     augment: str = setting("flip", data.AUGMENTS, "augmentation of the training images")
+    randaugment_ops: int = setting(
+        2, POSITIVE_INT, "RandAugment's ops per image (with --augment randaugment)"
+    )
+    randaugment_magnitude: float = setting(
+        9.0, Range(float, low=0, high=30), "RandAugment's strength, 0 to 30 (with --augment "
+        "randaugment)",
+    )  # fmt: skip
     mixup: float = setting(0.0, NONNEGATIVE, "mixup's Beta alpha (0: off)")
     cutmix: float = setting(0.0, NONNEGATIVE, "CutMix's Beta alpha (0: off)")
     train_limit: int | None = setting(
@@ -119,21 +142,30 @@ class TrainConfig:
         "image (the test after every epoch stays plain)",
     )  # fmt: skip
 
+    def __post_init__(self):
+        if isinstance(self.model_overrides, dict):  # a list (JSON's tuple) as the tuple it was
+            self.model_overrides = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in self.model_overrides.items()
+            }
+
     # -- the model -----------------------------------------------------------------
 
     def model_config(self, num_classes=None) -> ViTConfig:
-        """The ``ViTConfig`` of this run's model (``num_classes``: the data set's)."""
+        """The configuration of this run's model (``num_classes``: the data set's): a
+        ``ViTConfig``, or a hybrid's ``HybridConfig`` (``models.build`` builds either)."""
         overrides = dict(self.model_overrides)
         if num_classes is not None:
             overrides["num_classes"] = num_classes
-        return vit_config(self.model, **overrides)
+        return named_config(self.model, **overrides)
 
     def describe_model(self) -> str:
-        """The model's name and what the run changed: ``vit_cifar_tiny with dim=128, depth=4``."""
+        """The model's name and what the run changed: ``vit_cifar_tiny with dim=128, depth=4``
+        (``fine-tuned ViT-B/16 with image_size=384`` for a run that starts from one)."""
+        name = self.model if self.init is None else f"fine-tuned {self.init}"
         if not self.model_overrides:
-            return self.model
+            return name
         changes = ", ".join(f"{k}={v}" for k, v in self.model_overrides.items())
-        return f"{self.model} with {changes}"
+        return f"{name} with {changes}"
 
     # -- the length ----------------------------------------------------------------
 
@@ -164,7 +196,12 @@ class TrainConfig:
                     f"model_overrides: {', '.join(map(repr, unknown))} cannot be changed by a "
                     f"run; these can: {', '.join(MODEL_SETTINGS)}"
                 )
-            self.model_config()  # checks the overrides and how they fit the model
+            if self.init is None:
+                self.model_config()  # checks the overrides and how they fit the model
+            elif not isinstance(self.init, str) or not self.init.strip():
+                raise ValueError(f"init must name a pre-trained model or a file, got {self.init!r}")
+            else:
+                _check_finetune_overrides(self.model_overrides)
         except (TypeError, ValueError) as error:
             raise RunError(str(error)) from None
         given = [name for name in LENGTHS if getattr(self, name) is not None]
@@ -224,6 +261,34 @@ RECIPES = {
         device="cuda",
         tta="none",
     ),
+    # The paper's hybrid (Section 3.1) on a CPU: hybrid_cifar_2x3, a CCT-2/3x2-like stem
+    # whose 8 x 8 feature map is the sequence, the tokens' average as the representation,
+    # crops and flips; the rest is the cpu recipe's (AdamW 1e-3, one warm-up epoch, cosine
+    # decay fitted to the half hour, label smoothing 0.1, a final test with flips).
+    "hybrid": dict(
+        model="hybrid_cifar_2x3",
+        model_overrides={"pool": "mean"},
+        augment="basic",
+    ),
+    # Fine-tuning a pre-trained model (Section 3.2, Appendix B.1.1; python -m
+    # tinyvit.finetune, with --init): SGD with momentum 0.9, no weight decay, gradient
+    # clipping at global norm 1, a linear warm-up then cosine decay to zero, no label
+    # smoothing; the pre-trained model's own shape (no overrides). The paper's batch is
+    # 512 at learning rates 0.001-0.03; here a CPU's batch of 32 at 0.003.
+    "finetune": dict(
+        model_overrides={},
+        optimizer="momentum",
+        momentum=0.9,
+        batch_size=32,
+        lr=3e-3,
+        min_lr=0.0,
+        weight_decay=0.0,
+        warmup_epochs=0.5,
+        label_smoothing=0.0,
+        clip_grad=1.0,
+        eval_batch_size=64,
+        tta="none",
+    ),
     # A run of seconds, for tests and for trying the command line.
     "quick": dict(
         model_overrides=dict(patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64),
@@ -255,8 +320,28 @@ def recipe(name: str = "cpu", **changes) -> TrainConfig:
     return TrainConfig(**{**values, **changes, "model_overrides": overrides})
 
 
+def _check_finetune_overrides(overrides: dict) -> None:
+    """A fine-tuning run's changes to the pre-trained model: only ``FINETUNE_SETTINGS``,
+    each in its range (``ViTConfig``'s)."""
+    fixed = sorted(set(overrides) - set(FINETUNE_SETTINGS))
+    if fixed:
+        raise ValueError(
+            f"{', '.join(fixed)} cannot change in a run that starts from a pre-trained model "
+            f"(init): its weights have their shape; such a run may change "
+            f"{', '.join(FINETUNE_SETTINGS)} (the finetune recipe, python -m tinyvit.finetune's, "
+            "changes none)"
+        )
+    fields = {f.name: f for f in dataclasses.fields(ViTConfig)}
+    for name, value in overrides.items():
+        if name == "image_size":
+            checks.image_size("image_size", value)
+        else:
+            check_value(fields[name], value)
+
+
 __all__ = [
     "DEFAULT_TIME_BUDGET",
+    "FINETUNE_SETTINGS",
     "LENGTHS",
     "MODEL_SETTINGS",
     "RECIPES",

@@ -8,7 +8,8 @@ dozen lines. This class adds what a long run needs around it: epochs and a
 test after each, a checkpoint after each (``state``), a clean stop on
 Ctrl-C (``stopping``), a length chosen to fit a time budget (``budget``),
 the metrics and their figure (``metrics``), a moving average of the weights
-and a final test on mirrored images.
+and a final test on mirrored images. With several processes (``mpiexec``)
+each trains on its part of every batch and rank 0 alone writes (``parallel``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import contextlib
 import math
 import time
 
-from .. import backend, checkpoint, data, kernels
+from .. import backend, checkpoint, data, distributed, kernels
 from .. import functional as F
 from .. import progress as bars
 from ..ema import ModelEMA
-from ..loop import TrainingDiverged, diverged_loss, evaluate, train_step
+from ..images import preprocessing_of
+from ..loop import TrainingDiverged, diverged_loss, train_step
 from ..optim import SGD, AdamW, WarmupCosine
-from ..vit import ViT
-from . import state
+from ..resample import interpolate
+from . import parallel, start, state
 from .budget import TimeBudget
 from .config import RunError, TrainConfig
 from .metrics import EpochMeter, epoch_line, write_history
@@ -39,28 +41,32 @@ POSTFIX_SECONDS = 1.0
 
 def make_optimizer(config: TrainConfig, model):
     """AdamW (no decay on biases, norms, E_pos, the class token), or SGD with Nesterov
-    momentum, as ``config`` says."""
+    momentum (``sgd``) or plain momentum (``momentum``), as ``config`` says."""
     if config.optimizer == "adamw":
         return AdamW(model, lr=config.lr, weight_decay=config.weight_decay)
-    return SGD(model.parameters(), config.lr, config.momentum, nesterov=True,
-               weight_decay=config.weight_decay)  # fmt: skip
+    return SGD(model.parameters(), config.lr, config.momentum,
+               nesterov=config.optimizer == "sgd", weight_decay=config.weight_decay)  # fmt: skip
 
 
 class Trainer:
     """One training run: ``Trainer(config, dataset, out).fit()``.
 
-    ``dataset`` has ``x_train, y_train, x_test, y_test, classes`` (a
-    ``data.CIFAR10``); ``out`` is the run's folder (``RunFolder``).
-    ``fit(resume=..., overwrite=...)`` trains to the end or to Ctrl-C and
-    returns the history, one record per epoch. ``progress``: draw progress
-    bars (default: when standard error is a terminal).
+    ``dataset`` has ``x_train, y_train, x_test, y_test, classes`` (a ``data.CIFAR10``, or
+    a ``data.ImageFolder`` of your images, with its ``preprocessing``); the model starts
+    from ``config.init``'s pre-trained weights when it names a model (``start``);
+    ``out`` is the run's folder (``RunFolder``). ``fit(resume=..., overwrite=...)`` trains
+    to the end or to Ctrl-C and returns the history, one record per epoch. ``progress``:
+    draw progress bars (default: when standard error is a terminal). ``comm``: the
+    processes that share the run (``distributed.world``; default: this one alone).
     """
 
-    def __init__(self, config: TrainConfig, dataset, out, progress=None, log=print):
-        self.config, self.log = config.check(), log
-        self.progress = bars.wanted(progress)
+    def __init__(self, config: TrainConfig, dataset, out, progress=None, log=print, comm=None):
+        self.config, self.comm = config.check(), comm or distributed.Communicator()
+        self.log = log if self.comm.root else parallel.quiet  # rank 0 alone prints
+        self.progress = bars.wanted(progress) and self.comm.root
         self.folder = out if isinstance(out, RunFolder) else RunFolder(out)
         c = config
+        self.shard = parallel.join(self, c.batch_size)  # this process's part of each batch
         self.x_train = dataset.x_train[: c.train_limit]
         self.y_train = dataset.y_train[: c.train_limit]
         self.x_test, self.y_test = dataset.x_test[: c.test_limit], dataset.y_test[: c.test_limit]
@@ -80,16 +86,20 @@ class Trainer:
         else:  # long enough for the warm-up, which is timed before the plan is made
             self.set_total_steps(max(self.warmup_steps, self.steps_per_epoch))
 
-        backend.manual_seed(c.seed)  # the initial weights
-        self.model = ViT(c.model_config(num_classes=self.num_classes)).to(c.device)
+        # The initial weights: seeded, or a pre-trained model's (start), with the data's
+        # class names and preprocessing; a fine-tuning run's own checkpoint gives its shape.
+        model, self.rebuilt = start.initial_model(c, dataset, self.folder.checkpoint)
+        self.model = model.to(c.device)
+        self.data_name = start.data_name(dataset)
         self.optimizer = make_optimizer(c, self.model)
+        self.comm.broadcast_array(self.optimizer.flat.data)  # rank 0's weights, everywhere
         self.ema = ModelEMA(self.model, c.ema) if c.ema else None
 
         self.epoch, self.batch, self.step = 0, 0, 0  # where the run is
         self.meter, self.history = EpochMeter(), []
         self.elapsed = 0.0  # seconds spent before this process
         self.saved = None  # (epoch, batch, step) of the last checkpoint on disk
-        self.stop = StopRequest(log)
+        self.stop = StopRequest(self.log)
         self._started = time.perf_counter()
 
     def set_total_steps(self, total_steps) -> None:
@@ -99,6 +109,12 @@ class Trainer:
         self.total_steps = int(total_steps)
         warmup = min(self.total_steps, self.warmup_steps)
         self.schedule = WarmupCosine(c.lr, self.total_steps, warmup, c.min_lr)
+
+    @property
+    def normalization(self):
+        """The model's preprocessing: its mean and std normalize the training images as they
+        will every image it sees (CIFAR-10's, a folder's own, a pre-trained model's)."""
+        return preprocessing_of(self.model)
 
     @property
     def epochs(self) -> int:
@@ -119,12 +135,13 @@ class Trainer:
             elapsed=self.elapsed_seconds(),
         )  # fmt: skip
         with self.stop.writing():
-            state.save_state(self.folder.checkpoint, self.model, self.optimizer, self.ema, run)
+            self.comm.from_root(state.save_state, self.folder.checkpoint, self.model,
+                                self.optimizer, self.ema, run)  # fmt: skip
         self.saved = (self.epoch, self.batch, self.step)
 
     def load_checkpoint(self, path=None):
         path = path or self.folder.checkpoint
-        arrays, saved = state.read_state(path)
+        arrays, saved = self.comm.from_root(state.read_state, path)  # rank 0 reads, for all
         state.check_same_run(path, saved["config"], self.config)
         state.load_weights(path, arrays, self.model, self.optimizer, self.ema)
         self.epoch, self.batch, self.step = saved["epoch"], saved["batch"], saved["step"]
@@ -139,29 +156,22 @@ class Trainer:
     def train_on_batch(self, x, y):
         """One optimization step on a batch; returns its mean loss and its number of right
         answers (a 0-d array on the device, not read)."""
-        c = self.config
+        c, counted, labels = self.config, [], y if y.ndim == 1 else y.argmax(axis=1)  # mixed: top
 
         def forward():
-            logits = self.model(x)  # (B, classes)
+            logits = self.model(interpolate(x, self.model.image_size))  # (B, classes)
+            counted.append((logits.data.argmax(axis=1) == labels).sum())
             return F.cross_entropy(logits, y, label_smoothing=c.label_smoothing), logits
 
-        loss, logits = train_step(
-            self.model, self.optimizer, forward, step=self.step, lr=self.schedule(self.step),
-            clip=c.clip_grad, seed=c.seed, max_loss=diverged_loss(self.num_classes),
-        )  # fmt: skip
+        with backend.batch_shard(*(self.shard or (0, 1))):  # masks drawn for the whole batch
+            loss, _ = train_step(
+                self.model, self.optimizer, forward, step=self.step, lr=self.schedule(self.step),
+                clip=c.clip_grad, seed=c.seed, max_loss=diverged_loss(self.num_classes),
+                average=parallel.step_average(self, counted) if self.shard else None,
+            )  # fmt: skip
         if self.ema is not None:
             self.ema.update(self.model)
-        labels = y if y.ndim == 1 else y.argmax(axis=1)  # mixup/cutmix: the main class
-        return loss, (logits.data.argmax(axis=1) == labels).sum()
-
-    def _progress_bar(self, batches):
-        epochs = self.epochs if self.planned else "?"
-        left = self.total_steps - self.epoch * self.steps_per_epoch
-        return bars.bar(
-            batches, total=min(self.steps_per_epoch, left), initial=self.batch,
-            desc=f"epoch {self.epoch + 1}/{epochs}", progress=self.progress, leave=False,
-            dynamic_ncols=True,
-        )  # fmt: skip
+        return loss, counted[0]
 
     def train_epoch(self) -> bool:
         """Train to the end of this epoch (or of the run); False when a stop was asked for."""
@@ -170,17 +180,19 @@ class Trainer:
             self.x_train, self.y_train, c.batch_size, seed=c.seed, epoch=self.epoch,
             augment=c.augment, mixup_alpha=c.mixup, cutmix_alpha=c.cutmix,
             num_classes=self.num_classes, device=c.device, start=self.batch,
+            num_ops=c.randaugment_ops, magnitude=c.randaugment_magnitude, shard=self.shard,
+            mean=self.normalization.mean, std=self.normalization.std,
         )  # fmt: skip
-        bar = self._progress_bar(batches)
+        bar = epoch_bar(self, batches)
         tick = shown = time.perf_counter()
         for x, y in bar:
             loss, correct = self.train_on_batch(x, y)
             now = time.perf_counter()
-            self.meter.add(loss, correct, len(x), now - tick)
+            self.meter.add(loss, correct, c.batch_size, now - tick)
             if not self.planned:
                 self.budget.record(now - tick)
                 if TimeBudget.plan_during_epoch(self.step, self.warmup_steps, self.steps_per_epoch):
-                    self.plan(self.budget.step_seconds(), self.estimate_epoch_end_seconds())
+                    self.plan(self.budget.step_seconds(), time_epoch_end(self))
                     bar.total = min(self.steps_per_epoch, self.total_steps)
                 now = time.perf_counter()
             tick = now
@@ -190,10 +202,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{s['loss']:.3f}", acc=f"{s['acc']:.3f}",
                                 img_s=f"{s['images_per_s']:.0f}",
                                 lr=f"{self.schedule(self.step - 1):.2e}")  # fmt: skip
-            if self.stop.requested or self.step >= self.total_steps:
+            if parallel.stopping(self) or self.step >= self.total_steps:
                 break
         bar.close()
-        return not self.stop.requested
+        return not parallel.stopping(self)
 
     # -- a time budget ---------------------------------------------------------------
 
@@ -203,11 +215,11 @@ class Trainer:
         ``--steps`` that repeats it."""
         c = self.config
         spent = self.elapsed_seconds()
-        total = self.budget.steps_that_fit(
+        total = self.comm.broadcast(self.budget.steps_that_fit(  # rank 0's plan, for everyone
             spent=spent, step=self.step, epoch=self.epoch, steps_per_epoch=self.steps_per_epoch,
             step_seconds=step_seconds, per_epoch_seconds=per_epoch_seconds,
             final_seconds=2 * per_epoch_seconds if c.tta == "flip" else 0.0,
-        )  # fmt: skip
+        ))  # fmt: skip
         exact = self.step <= self.schedule.warmup  # no learning rate depended on the length
         self.set_total_steps(total)
         self.planned = True
@@ -219,17 +231,6 @@ class Trainer:
             f"--steps {total} instead of --time-budget"
         )
 
-    def estimate_epoch_end_seconds(self) -> float:
-        """Seconds to test and save at an epoch's end, before one has ended: a test on a
-        sample of the test images and a checkpoint written (as on Ctrl-C), both timed."""
-        tick = time.perf_counter()
-        sample = min(len(self.y_test), 2 * self.config.eval_batch_size)
-        self.evaluate(limit=sample)
-        test_seconds = (time.perf_counter() - tick) * len(self.y_test) / sample
-        tick = time.perf_counter()
-        self.save_checkpoint()
-        return test_seconds + (time.perf_counter() - tick) + PLOT_SECONDS
-
     # -- testing ---------------------------------------------------------------------
 
     def tested_weights(self):
@@ -238,10 +239,10 @@ class Trainer:
         return self.ema.applied_to(self.model) if self.ema else contextlib.nullcontext()
 
     def evaluate(self, limit=None, desc="testing", tta=False):
-        """``loop.evaluate`` on the first ``limit`` test images, with the tested weights."""
+        """``loop.evaluate`` of the first ``limit`` test images, tested weights, in parts."""
         with self.tested_weights():
-            return evaluate(
-                self.model, self.x_test[:limit], self.y_test[:limit],
+            return parallel.evaluate_parts(
+                self.comm, self.model, self.x_test[:limit], self.y_test[:limit],
                 batch_size=self.config.eval_batch_size, progress=self.progress and limit is None,
                 desc=desc, tta=tta,
             )  # fmt: skip
@@ -280,14 +281,13 @@ class Trainer:
         self.write_metrics()
 
     def write_metrics(self):
+        c = self.config
         with self.stop.writing():
-            write_history(
+            self.comm.from_root(lambda: write_history(
                 self.history, self.folder / METRICS, self.folder / CURVES,
-                title=f"{self.config.describe_model()} on CIFAR-10",
-                label_smoothing=self.config.label_smoothing,
-                patch_dropout=self.config.model_config().patch_dropout,
-                augment=self.config.augment,
-            )  # fmt: skip
+                title=f"{c.describe_model()} on {self.data_name}", augment=c.augment,
+                label_smoothing=c.label_smoothing, patch_dropout=c.model_config().patch_dropout,
+            ))  # fmt: skip
 
     # -- the run ---------------------------------------------------------------------
 
@@ -300,8 +300,8 @@ class Trainer:
         """
         self._started = time.perf_counter()
         try:
-            self.folder.prepare(resume=resume, overwrite=overwrite, log=self.log)
-            if resume and self.folder.checkpoint.exists():
+            self.comm.from_root(self.folder.prepare, resume, overwrite, self.log)
+            if resume and self.comm.from_root(self.folder.checkpoint.exists):
                 self.load_checkpoint()
                 self.log(
                     f"resuming {self.folder.checkpoint}: epoch {self.epoch + 1}, batch "
@@ -309,6 +309,9 @@ class Trainer:
                 )
             elif resume:
                 self.log(f"nothing to resume in {self.folder}: starting afresh")
+            if self.rebuilt and self.saved is None:  # afresh where an earlier run's checkpoint was
+                start.fresh_weights(self.model, self.config)
+                self.ema = ModelEMA(self.model, self.config.ema) if self.config.ema else None
             self.log(describe_run(self))
             with self.stop:
                 self._train()
@@ -325,7 +328,7 @@ class Trainer:
                 self.end_epoch()
             else:
                 self.save_checkpoint()
-            if self.stop.requested and self.step < self.total_steps:
+            if self.comm.any(self.stop.requested) and self.step < self.total_steps:
                 self.log(
                     f"stopped at epoch {self.epoch + 1}, batch {self.batch}; saved "
                     f"{self.folder.checkpoint}. Continue with the same command and --resume."
@@ -333,7 +336,7 @@ class Trainer:
                 return
         self.final_test()
         with self.stop.writing(), self.tested_weights():
-            checkpoint.save(self.model, self.folder.model)
+            self.comm.from_root(checkpoint.save, self.model, self.folder.model)
         if self.history:
             best = max(r["test_acc"] for r in self.history)
             last = self.history[-1]
@@ -347,6 +350,29 @@ class Trainer:
             )
 
 
+def epoch_bar(trainer: Trainer, batches):
+    """The progress bar of the epoch under way (drawn only where ``trainer.progress``)."""
+    t = trainer
+    left = t.total_steps - t.epoch * t.steps_per_epoch
+    return bars.bar(
+        batches, total=min(t.steps_per_epoch, left), initial=t.batch,
+        desc=f"epoch {t.epoch + 1}/{t.epochs if t.planned else '?'}", progress=t.progress,
+        leave=False, dynamic_ncols=True,
+    )  # fmt: skip
+
+
+def time_epoch_end(trainer: Trainer) -> float:
+    """Seconds to test and save at an epoch's end, before one has ended: a test on a
+    sample of the test images and a checkpoint written (as on Ctrl-C), both timed."""
+    tick = time.perf_counter()
+    sample = min(len(trainer.y_test), 2 * trainer.config.eval_batch_size)
+    trainer.evaluate(limit=sample)
+    test_seconds = (time.perf_counter() - tick) * len(trainer.y_test) / sample
+    tick = time.perf_counter()
+    trainer.save_checkpoint()
+    return test_seconds + (time.perf_counter() - tick) + PLOT_SECONDS
+
+
 def describe_run(trainer: Trainer) -> str:
     """A run's first line: the model, the data, the length, the extras, the kernels."""
     c, t = trainer.config, trainer
@@ -355,6 +381,8 @@ def describe_run(trainer: Trainer) -> str:
         else f"as many steps as fit in {t.budget.seconds / 60:.3g} minutes"
     )  # fmt: skip
     extras = [f"EMA {c.ema:g}"] if c.ema else []
+    if t.comm.size > 1:
+        extras.append(f"{t.comm.size} processes of {c.batch_size // t.comm.size} images a step")
     extras += ["a final test with flips"] if c.tta == "flip" else []
     return (
         f"{c.describe_model()}: {t.model.num_parameters():,} parameters, "
@@ -384,4 +412,6 @@ def divergence_advice(trainer: Trainer) -> str:
     )
 
 
-__all__ = ["Trainer", "describe_run", "divergence_advice", "make_optimizer"]
+__all__ = [
+    "Trainer", "describe_run", "divergence_advice", "epoch_bar", "make_optimizer", "time_epoch_end",
+]  # fmt: skip
