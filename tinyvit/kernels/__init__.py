@@ -77,7 +77,7 @@ def configure_process() -> dict:
       faults (``cpu_runtime.keep_freed_memory``), at the price of the process
       keeping its peak memory.
 
-    Importing tinyvit does none of these: a library that changes its host
+    Importing tinyvit does neither: a library that changes its host
     process's threads and allocator on import would surprise the program
     that imported it. Calling it again does nothing new. Returns
     ``{setting: applied}``, False where the process has no OpenBLAS or the C

@@ -11,7 +11,7 @@ wait 2^4 (``OPENBLAS_THREAD_TIMEOUT=4``) they sleep at once, and the
 products are no slower (``quiet_blas_threads``). numba's, when its
 threading layer is OpenMP, sleep at once with ``OMP_WAIT_POLICY=passive``,
 which OpenMP reads when numba starts them: the kernels start them so,
-before their first loop (``start_numba_threads``), whoever imported tinyvit.
+before their first loop (``start_numba_threads``), in every program.
 
 **The allocator.** glibc hands every freed block above 128 KB straight back to
 the operating system, and the next activation of the same size is paid for
@@ -21,8 +21,8 @@ never to trim the heap: a step frees most of its activations at once, and a
 trimmed heap would be faulted back in by the next forward pass.
 
 OpenBLAS's timeout and the allocator are settings of the whole process,
-not of one kernel: importing tinyvit changes neither. A program that trains calls
-``tinyvit.kernels.configure_process()`` once, at its start; tinyvit's own
+not of one kernel: importing tinyvit changes neither. A program that
+trains calls ``tinyvit.kernels.configure_process()`` once, at its start; tinyvit's own
 entry points do (the trainer, ``python -m tinyvit``, the lessons, the
 benchmarks). ``benchmarks/README.md`` records what each of these measured on
 this project's machines.
