@@ -26,7 +26,7 @@ import pytest
 
 import tinyvit
 import tinyvit.functional as F
-from tinyvit import Tensor, dispatch, gradcheck, kernels, optim
+from tinyvit import Tensor, conv, dispatch, gradcheck, kernels, optim
 from tinyvit.backend import to_numpy
 from tinyvit.kernels import cpu, cpu_runtime
 
@@ -114,13 +114,16 @@ def run(fn, inputs, upstream):
 
 
 def reference_of(name):
-    """The reference op a kernel replaces: ``functional``'s, or ``optim.adamw_update``."""
-    return getattr(F, name, None) or getattr(optim, name)
+    """The reference op a kernel replaces: ``functional``'s, ``conv``'s, or
+    ``optim.adamw_update``."""
+    return getattr(F, name, None) or getattr(conv, name, None) or getattr(optim, name)
 
 
 @needs_numba
 def test_every_kernel_is_tested_and_replaces_a_reference_op():
-    assert {op_name(c) for c in CASES} | {"adamw_update"} == set(CPU_KERNELS)
+    # conv2d and max_pool2d: against their references in tests/test_conv.py
+    tested_elsewhere = {"adamw_update", "conv2d", "max_pool2d"}
+    assert {op_name(c) for c in CASES} | tested_elsewhere == set(CPU_KERNELS)
     for name in CPU_KERNELS:
         assert reference_of(name).reference is dispatch.reference(name), name
 

@@ -423,13 +423,15 @@ def test_the_trainer_tells_the_curves_how_it_trained(tmp_path, monkeypatch):
     import contextlib
     from types import SimpleNamespace
 
+    from tinyvit.distributed import Communicator
     from tinyvit.train import Trainer, recipe
 
     drawn = {}
     monkeypatch.setattr(viz, "plot_training_curves", lambda *a, **kw: drawn.update(kw))
     run = SimpleNamespace(
         history=[record(1)], folder=tmp_path, config=recipe("cpu", augment="basic"),
-        stop=SimpleNamespace(writing=contextlib.nullcontext),
+        stop=SimpleNamespace(writing=contextlib.nullcontext), comm=Communicator(),
+        data_name="CIFAR-10",
     )  # fmt: skip
     Trainer.write_metrics(run)
     assert drawn["patch_dropout"] == 0.5 and drawn["augment"] == "basic"

@@ -9,6 +9,8 @@ written for speed on one device:
 
     kernels/cpu.py          softmax, LayerNorm, GELU, attention, cross-entropy and
                             AdamW as loops numba compiles: one pass over memory
+    kernels/conv_cpu.py     the convolution's im2col and col2im, and max pooling, as
+                            loops numba compiles (the products stay with OpenBLAS)
     kernels/cpu_runtime.py  OpenBLAS's and numba's idle threads, the allocator
     kernels/cuda.py         the exact GELU with CUDA's Gaussian CDF, in one launch for Phi
 
@@ -52,16 +54,16 @@ from ..dispatch import (
 from . import cpu_runtime, cuda
 
 try:
-    from . import cpu  # needs numba
+    from . import conv_cpu, cpu  # need numba
 except ImportError as error:  # numba missing, or unable to load: the reference runs
     if error.name not in ("numba", "llvmlite") and "numba" not in str(error).lower():
         raise
-    cpu = None
+    conv_cpu = cpu = None
     NUMBA_PROBLEM = f"numba is not importable ({error}): pip install numba"
     dispatch.register("cpu", {}, note=lambda: NUMBA_PROBLEM)
 else:
     NUMBA_PROBLEM = None
-    dispatch.register("cpu", cpu.KERNELS, note=cpu_runtime.thread_note)
+    dispatch.register("cpu", {**cpu.KERNELS, **conv_cpu.KERNELS}, note=cpu_runtime.thread_note)
 dispatch.register("cuda", cuda.KERNELS)
 
 
