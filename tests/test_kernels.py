@@ -638,3 +638,20 @@ def test_numbas_threads_start_asleep_when_idle_and_the_environment_stays(preset)
     if lines[2].endswith("(omp)"):  # GNU OpenMP printed the policy it read
         policy = re.search(r"OMP_WAIT_POLICY = '(\w+)'", out.stdout + out.stderr)
         assert policy and policy.group(1) == (preset or "PASSIVE")
+
+
+def test_a_stack_of_products_shared_among_cores_equals_one_matmul(monkeypatch):
+    """Attention's stacks of small products, split among threads: the same numbers as one
+    ``np.matmul``, written into a strided view of the output as the packed attention
+    needs, and plain ``np.matmul`` for a stack too short to share."""
+    monkeypatch.setattr(cpu_runtime, "product_threads", lambda: 3)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((37, 5, 2, 9, 7)).astype(np.float32)[:, :, 1]  # (37, 5, 9, 7)
+    b = np.swapaxes(rng.standard_normal((37, 5, 6, 7)).astype(np.float32), -1, -2)
+    base = np.empty((37, 9, 5, 6), dtype=np.float32)
+    out = base.transpose(0, 2, 1, 3)  # (37, 5, 9, 6): a view no reshape could flatten
+    assert cpu_runtime.stacked_matmul(a, b, out) is out
+    np.testing.assert_array_equal(out, np.matmul(a, b))
+    short = np.empty((4, 5, 9, 6), dtype=np.float32)
+    cpu_runtime.stacked_matmul(a[:4], b[:4], short)
+    np.testing.assert_array_equal(short, np.matmul(a[:4], b[:4]))

@@ -66,7 +66,7 @@ from ..op_checks import (
 )
 from ..special import ERF_COEFFICIENTS, ERF_P, SQRT_2_OVER_PI, TANH_CUBIC
 from ..tensor import Tensor, as_tensor
-from .cpu_runtime import start_numba_threads
+from .cpu_runtime import stacked_matmul, start_numba_threads
 
 ELEMENTWISE = {"contract"}  # a * b + c rounded once (a fused multiply-add)
 ROW_SUMS = {"contract", "reassoc"}  # ...and sums added in vector lanes
@@ -432,25 +432,30 @@ def gelu(x, approximate="none") -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+def _products(a, b, out):
+    """``out = a @ b`` over the leading axes, the stack shared among the cores."""
+    return stacked_matmul(a, b, out)
+
+
 def _attention(q, k, v, out, scale):
     """``attn = softmax(scale q k^T)`` (returned, ``(..., N, M)``) and ``out = attn v``."""
     attn = np.empty((*q.shape[:-1], k.shape[-2]), dtype=q.dtype)  # (..., N, M), C order
-    np.matmul(q, np.swapaxes(k, -1, -2), out=attn)
+    _products(q, np.swapaxes(k, -1, -2), attn)
     rows = attn.reshape(-1, attn.shape[-1])  # a view: the loop writes into attn
     softmax_loop(rows, rows, scale)  # Eq. 6, in place
-    np.matmul(attn, v, out=out)  # Eq. 7: (..., N, dv)
+    _products(attn, v, out)  # Eq. 7: (..., N, dv)
     return attn
 
 
 def _attention_backward(g, q, k, v, attn, scale, gq, gk, gv):
     """``dV = A^T g``; ``dS = scale A (g V^T - rowsum)``; ``dQ = dS K``, ``dK = dS^T Q``."""
-    np.matmul(np.swapaxes(attn, -1, -2), g, out=gv)
+    _products(np.swapaxes(attn, -1, -2), g, gv)
     ds = np.empty(attn.shape, dtype=attn.dtype)  # C order, as the loop needs
-    np.matmul(g, np.swapaxes(v, -1, -2), out=ds)  # dA: (..., N, M)
+    _products(g, np.swapaxes(v, -1, -2), ds)  # dA: (..., N, M)
     rows = ds.reshape(-1, ds.shape[-1])
     softmax_backward_loop(attn.reshape(rows.shape), rows, rows, scale)  # in place
-    np.matmul(ds, k, out=gq)
-    np.matmul(np.swapaxes(ds, -1, -2), q, out=gk)
+    _products(ds, k, gq)
+    _products(np.swapaxes(ds, -1, -2), q, gk)
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):

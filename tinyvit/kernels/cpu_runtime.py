@@ -13,6 +13,13 @@ threading layer is OpenMP, sleep at once with ``OMP_WAIT_POLICY=passive``,
 which OpenMP reads when numba starts them: the kernels start them so,
 before their first loop (``start_numba_threads``), in every program.
 
+**Stacks of small products.** Attention multiplies one small matrix pair per
+image and head (65 x 32 by 32 x 65 for a CIFAR model). ``np.matmul`` runs
+such a stack one product after another on one core, and OpenBLAS does not
+thread products this small; ``stacked_matmul`` gives each core a part of the
+stack, on threads of its own (NumPy lets go of the interpreter's lock inside
+a product, so they run at once).
+
 **The allocator.** glibc hands every freed block above 128 KB straight back to
 the operating system, and the next activation of the same size is paid for
 again in page faults, one per 4 KB page. Training allocates and frees the same
@@ -33,6 +40,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 BLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles of spinning, then sleep
 
@@ -146,6 +156,47 @@ def thread_note() -> str:
     threads = numba.get_num_threads() if started else numba.config.NUMBA_NUM_THREADS
     layer = f" ({numba.threading_layer()})" if started else ""
     return f"numba, {threads} thread{'s' if threads > 1 else ''}{layer}"
+
+
+# ---------------------------------------------------------------------------
+# stacks of small products
+# ---------------------------------------------------------------------------
+
+_pool = None
+STACK_PER_THREAD = 8  # fewer products a thread than this: one thread does them all
+
+
+def product_threads() -> int:
+    """Threads for stacks of products: numba's count (``NUMBA_NUM_THREADS``), else the
+    cores."""
+    try:
+        import numba
+
+        return max(1, numba.config.NUMBA_NUM_THREADS)
+    except ImportError:
+        return max(1, os.cpu_count() or 1)
+
+
+def stacked_matmul(a, b, out):
+    """``np.matmul(a, b, out=out)`` for stacks of products ``(S, ..., n, k) @ (S, ..., k,
+    m)``, each core taking a part of the first axis (``out`` may be any strided view); the
+    same numbers as one ``np.matmul``, product for product."""
+    global _pool
+    threads = product_threads()
+    stack = out.shape[0] if out.ndim > 2 else 0
+    same = a.shape[:-2] == b.shape[:-2] == out.shape[:-2]
+    if threads < 2 or not same or stack < 2 * STACK_PER_THREAD:
+        return np.matmul(a, b, out=out)
+    if _pool is None:
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="tinyvit-matmul")
+    bounds = np.linspace(0, stack, threads + 1).astype(int)
+    parts = [
+        _pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
+        for lo, hi in zip(bounds, bounds[1:])
+    ]
+    for part in parts:
+        part.result()
+    return out
 
 
 # ---------------------------------------------------------------------------
