@@ -689,6 +689,8 @@ def test_a_budgeted_run_plans_once_and_its_steps_repeat_it(tmp_path):
     budgeted.fit()
     assert budgeted.planned and budgeted.step == budgeted.total_steps > 8
     plan = next(line for line in lines if line.startswith("time budget"))
+    first = next(line for line in lines if line.startswith("epoch"))
+    assert first.startswith("epoch   1/?  ")  # the length is not known before the plan
     assert f"--steps {budgeted.total_steps} " in plan and "step for step" in plan
     assert len(budgeted.history) == budgeted.epochs
     again = Trainer(

@@ -50,8 +50,9 @@ class EpochMeter:
         )
 
 
-def epoch_line(record: dict, epochs: int) -> str:
-    """The line the trainer prints at the end of an epoch."""
+def epoch_line(record: dict, epochs) -> str:
+    """The line the trainer prints at the end of an epoch (``epochs``: the run's, or "?"
+    while a time budget has not fixed them yet)."""
     return (
         f"epoch {record['epoch']:>3}/{epochs}  train loss {record['train_loss']:.4f} "
         f"acc {100 * record['train_acc']:.2f}%  |  test loss {record['test_loss']:.4f} "

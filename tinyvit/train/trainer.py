@@ -250,7 +250,8 @@ class Trainer:
     def end_epoch(self):
         """Test, record the epoch, save; with a time budget not yet planned, plan it now."""
         tick = time.perf_counter()
-        test_loss, test_acc = self.evaluate(desc=f"epoch {self.epoch + 1}/{self.epochs}: testing")
+        epochs = self.epochs if self.planned else "?"  # a budget not planned yet: unknown
+        test_loss, test_acc = self.evaluate(desc=f"epoch {self.epoch + 1}/{epochs}: testing")
         s = self.meter.summary()
         record = dict(
             epoch=self.epoch + 1, step=self.step, train_loss=s["loss"], train_acc=s["acc"],
@@ -260,7 +261,7 @@ class Trainer:
         )  # fmt: skip
         self.history.append(record)
         self.epoch, self.batch, self.meter = self.epoch + 1, 0, EpochMeter()
-        self.log(epoch_line(record, self.epochs))
+        self.log(epoch_line(record, epochs))
         self.save_checkpoint()
         self.write_metrics()
         if not self.planned:  # a time budget, planned with this epoch's timings
