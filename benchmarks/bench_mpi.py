@@ -19,8 +19,7 @@ slowest process's time for the steps after a warm-up.
 Processes run under ``mpiexec`` from the same virtual environment (``pip
 install -e ".[mpi]"``); without it only one process is measured. The
 threads are set through ``NUMBA_NUM_THREADS`` (tinyvit's kernels),
-``OPENBLAS_NUM_THREADS`` (the matrix products), ``OMP_NUM_THREADS`` and
-``TINYVIT_THREADS``. Run it on an otherwise idle machine.
+``OPENBLAS_NUM_THREADS`` (the matrix products) and ``OMP_NUM_THREADS``. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-THREAD_VARIABLES = ("TINYVIT_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "OMP_NUM_THREADS")  # fmt: skip
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def machine() -> str:
