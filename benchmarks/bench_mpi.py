@@ -19,7 +19,8 @@ slowest process's time for the steps after a warm-up.
 Processes run under ``mpiexec`` from the same virtual environment (``pip
 install -e ".[mpi]"``); without it only one process is measured. The
 threads are set through ``NUMBA_NUM_THREADS`` (tinyvit's kernels),
-``OPENBLAS_NUM_THREADS`` (the matrix products) and ``OMP_NUM_THREADS``. Run it on an otherwise idle machine.
+``OPENBLAS_NUM_THREADS`` (the matrix products) and ``OMP_NUM_THREADS``.
+Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
