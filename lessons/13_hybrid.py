@@ -149,9 +149,12 @@ print("wrote", save_figure(fig, args.out / "conv_backward.png"))
 # ``hybrid_cifar_2x3`` is the convolutional tokenizer of the Compact
 # Transformers' CCT-2/3x2 (Hassani et al. 2021): two 3x3 convolutions (3 to
 # 64 to 128 channels), each followed by 3x3 max pooling of stride 2 and a
-# ReLU. Each pooling halves the map, so a 32 x 32 image becomes an 8 x 8
-# map of 128 channels: 64 positions, each seeing a 4 x 4-pixel cell of the
-# image and, through the two kernels and poolings, its neighborhood.
+# ReLU. ``--recipe hybrid`` narrows it to 32 and 64 channels, which makes a
+# step on two cores about 1.5x faster (the screening runs in
+# ``benchmarks/results/cifar10_hybrid/`` found the time better spent on
+# more epochs). Each pooling halves the map, so a 32 x 32 image becomes an
+# 8 x 8 map: 64 positions, each seeing a 4 x 4-pixel cell of the image and,
+# through the two kernels and poolings, its neighborhood.
 # The paper's 1x1 patches make each position one token; E projects it to
 # width D; the class token and the position embeddings are added, and two
 # pre-norm blocks (2 heads, MLP 128) do the rest. (The paper's own hybrids
@@ -195,8 +198,8 @@ print(f"the hybrid: {stem_model.num_parameters():,} parameters ({counted:,} coun
 # and fits its length (the warm-up, the cosine decay) to the minutes it is
 # given. The plain ViT is the default CPU recipe (``vit_cifar_tiny``, the
 # patch tokens' average, PatchDropout 0.5, flips); the hybrid is
-# ``--recipe hybrid`` (the stem above, the tokens' average, crops and
-# flips). To fit a few minutes both train on the first 10,000 training
+# ``--recipe hybrid`` (the stem above, PatchDropout 0.5 on its tokens,
+# their average, crops and flips). To fit a few minutes both train on the first 10,000 training
 # images and are tested on the first 2,000 test images.
 
 # %%
@@ -259,9 +262,10 @@ print("wrote", path)
 #   convolution of the gradient with the flipped kernel, and the checks
 #   above confirm the derivation to rounding.
 # * The hybrid changes only what the tokens are: a ViT on a CNN's feature
-#   map. The stem costs most of a step's arithmetic at this size (a 3x3
-#   convolution from 64 to 128 channels on a 16 x 16 map), but hands the
-#   encoder 64 tokens that already know their neighborhood.
+#   map. The stem can cost most of a step's arithmetic at this size (a 3x3
+#   convolution from 64 to 128 channels on a 16 x 16 map: hence the
+#   recipe's narrower one), but hands the encoder 64 tokens that already
+#   know their neighborhood.
 # * At equal time on a small budget the hybrid should come out ahead, as
 #   Section 4.2 finds at small compute; how far ahead on your machine is
 #   what the figure shows.
