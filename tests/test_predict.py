@@ -14,6 +14,7 @@ from test_pretrained import REPO, hub, hub_repo, old_config, random_vit  # noqa:
 
 from tinyvit import predict
 from tinyvit.data import CLASSES
+from tinyvit.lesson import SHIPPED_MODEL
 
 LINE = re.compile(r"^ +(\d+\.\d\d)%  (.+)$")
 
@@ -119,3 +120,15 @@ def test_predict_on_each_device(device, tmp_path, capsys):
     assert predict.main([str(path), "--device", device, "--out", str(out), "--top", "2"]) == 0
     rows = next(iter(blocks(capsys.readouterr().out).values()))
     assert len(rows) == 2 and (out / "p.png").is_file()
+
+
+def test_the_shipped_hybrid_answers_with_its_attention_over_the_stems_grid(tmp_path, capsys):
+    """The hybrid takes predict's path as a ViT does: prepare, attend (maps on its 8 x 8 grid
+    of tokens), the figure."""
+    path = photo(tmp_path / "street.png")
+    hybrid = str(SHIPPED_MODEL.with_name("hybrid_cifar_2x3.npz"))
+    out = tmp_path / "out"
+    assert predict.main([str(path), "--model", hybrid, "--out", str(out), "--top", "2"]) == 0
+    [found] = blocks(capsys.readouterr().out).values()
+    assert len(found) == 2 and all(name in CLASSES for _, name in found)
+    assert (out / "street.png").is_file()

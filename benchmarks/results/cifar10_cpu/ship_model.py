@@ -1,12 +1,15 @@
-"""Ship the default CPU run's model with the lessons, with its provenance beside it.
+"""Ship a CPU run's model with the lessons, with its provenance beside it.
 
-Copies ``RUN/model.npz`` to ``lessons/models/vit_cifar_tiny.npz`` and writes
-``vit_cifar_tiny.json``: the command, the commit, the data's checksums, the
-run's length and accuracies (read from its ``metrics.jsonl`` and log), the CPU,
-and the accuracy on the first 1,000 test images that ``tests/test_shipped_model.py``
-checks again. Run from the repository root once the run has finished:
+Copies ``RUN/model.npz`` to ``lessons/models/NAME.npz`` (by default
+``vit_cifar_tiny.npz``, the default CPU run's) and writes ``NAME.json``: the
+command, the commit, the data's checksums, the run's length and accuracies
+(read from its ``metrics.jsonl`` and log), the CPU, and the accuracy on the
+first 1,000 test images that ``tests/test_shipped_model.py`` checks again. Run
+from the repository root once the run has finished:
 
     python benchmarks/results/cifar10_cpu/ship_model.py RUN_FOLDER RUN_LOG --commit SHA
+    python benchmarks/results/cifar10_cpu/ship_model.py RUN_FOLDER RUN_LOG --commit SHA \
+        --name hybrid_cifar_2x3 --command "python -m tinyvit.train --recipe hybrid ..."
 """
 
 from __future__ import annotations
@@ -47,18 +50,22 @@ def main():
     parser.add_argument("log", type=Path)
     parser.add_argument("--commit", required=True)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--name", default=SHIPPED_MODEL.stem, help="its name in lessons/models")
+    parser.add_argument("--command", default=COMMAND, help="the command that trained it")
     args = parser.parse_args()
+    target = SHIPPED_MODEL.with_name(f"{args.name}.npz")
 
     rows = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
     log = args.log.read_text()
     done = re.search(r"final test accuracy ([\d.]+)%, ([\d.]+)% with flips", log)
     wall = re.search(r"^([\d.]+) s wall$", log, re.M)
+    kernels = re.search(r"kernels: .*", log)  # the run's header line
     model = tinyvit.load(args.run / "model.npz")
     dataset = data.load_cifar10(args.data_dir, download=False)
     first = evaluate(model, dataset.x_test[:1000], dataset.y_test[:1000])
     folder = args.data_dir / "cifar-10-batches-bin"
     provenance = {
-        "command": COMMAND,
+        "command": args.command,
         "commit": args.commit,
         "data": "CIFAR-10 in the official binary layout, the offline rebuild of ../shared/data "
         "(labels and order official; the first 1,017 records of every file exact, the "
@@ -73,13 +80,13 @@ def main():
         "wall_minutes": float(wall.group(1)) / 60 if wall else None,
         "cpu": cpu_model(),
         "numpy": np.__version__,
-        "kernels": tinyvit.kernels.describe(),
+        "kernels": kernels.group(0) if kernels else tinyvit.kernels.describe(),  # the run's
     }
-    SHIPPED_MODEL.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     weights = (args.run / "model.npz").read_bytes()
-    atomic_write(SHIPPED_MODEL, lambda file: file.write(weights))
+    atomic_write(target, lambda file: file.write(weights))
     text = json.dumps(provenance, indent=2) + "\n"
-    atomic_write(SHIPPED_MODEL.with_suffix(".json"), lambda file: file.write(text.encode()))
+    atomic_write(target.with_suffix(".json"), lambda file: file.write(text.encode()))
     print(text, end="")
 
 
