@@ -249,8 +249,7 @@ class Trainer:
 
     def end_epoch(self):
         """Test, record the epoch, save; with a time budget not yet planned, plan it now."""
-        tick = time.perf_counter()
-        epochs = self.epochs if self.planned else "?"  # a budget not planned yet: unknown
+        tick, epochs = time.perf_counter(), self.epochs if self.planned else "?"  # ?: unplanned
         test_loss, test_acc = self.evaluate(desc=f"epoch {self.epoch + 1}/{epochs}: testing")
         s = self.meter.summary()
         record = dict(
