@@ -122,9 +122,8 @@ def test_predict_on_each_device(device, tmp_path, capsys):
     assert len(rows) == 2 and (out / "p.png").is_file()
 
 
-def test_the_shipped_hybrid_answers_with_its_attention_over_the_stems_grid(tmp_path, capsys):
-    """The hybrid takes predict's path as a ViT does: prepare, attend (maps on its 8 x 8 grid
-    of tokens), the figure."""
+def test_the_shipped_hybrid_answers_and_draws_where_it_looks(tmp_path, capsys):
+    """The hybrid takes predict's path as a ViT does: prepare, attend, the figure."""
     path = photo(tmp_path / "street.png")
     hybrid = str(SHIPPED_MODEL.with_name("hybrid_cifar_2x3.npz"))
     out = tmp_path / "out"
