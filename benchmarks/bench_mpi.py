@@ -42,19 +42,10 @@ THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREAD
 
 
 def machine() -> str:
-    """The CPU as ``/proc/cpuinfo`` names it (family and model too), and its cores."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name", platform.processor() or platform.machine())
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return f"{name}, {os.cpu_count()} cores"
+    """The CPU as ``bench_cpu`` names it (family and model too), and its cores."""
+    from bench_cpu import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def mpiexec() -> str | None:
