@@ -432,30 +432,25 @@ def gelu(x, approximate="none") -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _products(a, b, out):
-    """``out = a @ b`` over the leading axes, the stack shared among the cores."""
-    return stacked_matmul(a, b, out)
-
-
 def _attention(q, k, v, out, scale):
     """``attn = softmax(scale q k^T)`` (returned, ``(..., N, M)``) and ``out = attn v``."""
     attn = np.empty((*q.shape[:-1], k.shape[-2]), dtype=q.dtype)  # (..., N, M), C order
-    _products(q, np.swapaxes(k, -1, -2), attn)
+    stacked_matmul(q, np.swapaxes(k, -1, -2), attn)
     rows = attn.reshape(-1, attn.shape[-1])  # a view: the loop writes into attn
     softmax_loop(rows, rows, scale)  # Eq. 6, in place
-    _products(attn, v, out)  # Eq. 7: (..., N, dv)
+    stacked_matmul(attn, v, out)  # Eq. 7: (..., N, dv)
     return attn
 
 
 def _attention_backward(g, q, k, v, attn, scale, gq, gk, gv):
     """``dV = A^T g``; ``dS = scale A (g V^T - rowsum)``; ``dQ = dS K``, ``dK = dS^T Q``."""
-    _products(np.swapaxes(attn, -1, -2), g, gv)
+    stacked_matmul(np.swapaxes(attn, -1, -2), g, gv)
     ds = np.empty(attn.shape, dtype=attn.dtype)  # C order, as the loop needs
-    _products(g, np.swapaxes(v, -1, -2), ds)  # dA: (..., N, M)
+    stacked_matmul(g, np.swapaxes(v, -1, -2), ds)  # dA: (..., N, M)
     rows = ds.reshape(-1, ds.shape[-1])
     softmax_backward_loop(attn.reshape(rows.shape), rows, rows, scale)  # in place
-    _products(ds, k, gq)
-    _products(np.swapaxes(ds, -1, -2), q, gk)
+    stacked_matmul(ds, k, gq)
+    stacked_matmul(np.swapaxes(ds, -1, -2), q, gk)
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
