@@ -167,13 +167,14 @@ print("wrote", save_figure(fig, args.out / "conv_backward.png"))
 
 # %%
 full = not args.quick
+# Both test after every epoch (the hybrid recipe tests every fifth), to draw their curves.
 vit_run = recipe("cpu", device=args.device, tta="none")
-hybrid_run = recipe("hybrid", device=args.device, tta="none")
+hybrid_run = recipe("hybrid", device=args.device, tta="none", test_every=1)
 if args.quick:  # small models, so that seconds are enough
     small = {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64}
     vit_run = recipe("cpu", device=args.device, tta="none",
                      model_overrides={**small, "patch_size": 8})  # fmt: skip
-    hybrid_run = recipe("hybrid", device=args.device, tta="none",
+    hybrid_run = recipe("hybrid", device=args.device, tta="none", test_every=1,
                         model_overrides={**small, "stem_channels": (8, 16)})  # fmt: skip
 manual_seed(0)
 stem_model = hybrid.HybridViT(hybrid_run.model_config(num_classes=10)).eval()

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from tinyvit import files
-from tinyvit.train import RunError, RunFolder, TimeBudget, main
+from tinyvit.train import RunError, RunFolder, TimeBudget, TrainConfig, main
 from tinyvit.train.budget import TIMED_STEPS
 
 HOLD = textwrap.dedent(
@@ -99,18 +99,34 @@ def test_the_budget_fills_the_time_left():
     """100 s, 0.1 s a step, 1 s to test and save after each 8-step epoch: 52 epochs
     (93.6 s of the 94 s left after the 6% margin); a 53rd would need 95.4 s."""
     budget = TimeBudget(100.0)
-    plan = dict(step=0, epoch=0, steps_per_epoch=8, step_seconds=0.1, per_epoch_seconds=1.0)
+    plan = dict(step=0, epoch=0, steps_per_epoch=8, step_seconds=0.1, test_seconds=0.75,
+                save_seconds=0.25)  # fmt: skip
     assert budget.steps_that_fit(spent=0.0, **plan) == 416
     # 84 s left: 46 epochs (82.8 s), then 2 steps and their test (1.2 s) of a 47th
     assert budget.steps_that_fit(spent=10.0, **plan) == 8 * 46 + 2
     assert budget.steps_that_fit(spent=0.0, final_seconds=2.0, **plan) == 8 * 51
     # a partial last epoch: the steps that fit after the last whole epoch's test
-    assert budget.steps_that_fit(spent=0.0, **{**plan, "per_epoch_seconds": 0.0}) == 940
+    free = {**plan, "test_seconds": 0.0, "save_seconds": 0.0}
+    assert budget.steps_that_fit(spent=0.0, **free) == 940
+
+
+def test_the_budget_counts_only_the_tests_the_run_makes():
+    """10 s an epoch of training, 5 s a test, 1 s a save, 200 s. Testing after every
+    epoch: 12 epochs (192 s) and 2 steps of a 13th (8 s with its save and test). Testing
+    after the first, every fourth and the last epoch: 15 epochs and 9 steps of a 16th
+    (159 s of steps, 16 saves, tests after epochs 1, 4, 8, 12 and 16: 200 s)."""
+    budget = TimeBudget(200.0, margin=0.0)
+    plan = dict(spent=0.0, step=0, epoch=0, steps_per_epoch=10, step_seconds=1.0,
+                test_seconds=5.0, save_seconds=1.0)  # fmt: skip
+    assert budget.steps_that_fit(**plan) == 122
+    every_fourth = TrainConfig(test_every=4).tests_after
+    assert [e + 1 for e in range(16) if every_fourth(e, 16)] == [1, 4, 8, 12, 16]
+    assert budget.steps_that_fit(**plan, tested=every_fourth) == 159
 
 
 def test_the_budget_counts_from_where_the_run_is():
     budget = TimeBudget(100.0, margin=0.0)
-    plan = dict(steps_per_epoch=10, step_seconds=1.0, per_epoch_seconds=0.0)
+    plan = dict(steps_per_epoch=10, step_seconds=1.0, save_seconds=0.0)
     assert budget.steps_that_fit(spent=30.0, step=30, epoch=3, **plan) == 100
     assert budget.steps_that_fit(spent=99.0, step=30, epoch=3, **plan) == 31  # at least one
 

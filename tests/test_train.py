@@ -673,7 +673,7 @@ def test_a_time_budget_plan_fills_the_time_left(tmp_path):
     trainer = Trainer(tiny_config(time_budget=100.0), synthetic_cifar(), tmp_path, progress=False)
     assert not trainer.planned
     trainer._started = __import__("time").perf_counter()  # nothing spent yet
-    trainer.plan(0.1, 1.0)
+    trainer.plan(0.1, 0.75, 0.25)  # a step, a test, a save
     assert trainer.planned and trainer.total_steps == 416 and trainer.epochs == 52
     assert trainer.schedule.total == 416
 
@@ -702,6 +702,23 @@ def test_a_budgeted_run_plans_once_and_its_steps_repeat_it(tmp_path):
     again.fit()
     for key, value in weights(budgeted).items():
         np.testing.assert_array_equal(weights(again)[key], value, err_msg=key)
+
+
+def test_a_run_tests_after_the_first_every_nth_and_the_last_epoch(tmp_path):
+    """--test-every 2 over 5 epochs: tests after epochs 1, 2, 4 and 5; the others are
+    recorded, printed and drawn without a test, and the run ends as usual."""
+    lines = []
+    trainer = Trainer(tiny_config(epochs=5, test_every=2, tta="flip"), synthetic_cifar(),
+                      tmp_path, progress=False, log=lines.append)  # fmt: skip
+    history = trainer.fit()
+    assert [("test_acc" in r) for r in history] == [True, True, False, True, True]
+    assert "test_loss_tta" in history[-1]
+    epoch_lines = [line for line in lines if line.startswith("epoch")]
+    assert "not tested" in epoch_lines[2] and "not tested" not in epoch_lines[3]
+    best = max(r["test_acc"] for r in history if "test_acc" in r)
+    assert f"(best {100 * best:.2f}%)" in lines[-1]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "test_acc" not in records[2] and (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_steps_may_end_a_run_inside_an_epoch(tmp_path):

@@ -143,9 +143,10 @@ def draw_training_curves(fig, history, label_smoothing=0.0, patch_dropout=0.0, a
     ``label_smoothing`` > 0), on images altered by ``augment`` and with a
     share ``patch_dropout`` of the patch tokens dropped; the test numbers are
     plain cross-entropy and accuracy on whole test images at the end of each
-    epoch. Label smoothing puts a floor under the training loss well above
-    0, and PatchDropout and augmentation make the training images harder
-    than the test's, so a test accuracy above the training accuracy does not
+    epoch that was tested (records without ``test_acc`` were not). Label
+    smoothing puts a floor under the training loss well above 0, and
+    PatchDropout and augmentation make the training images harder than the
+    test's, so a test accuracy above the training accuracy does not
     mean the test set is easier: the two are different quantities, the
     training curve's label says how it was measured, and a footnote says
     why. A final test with flips (``test_acc_tta`` and ``test_loss_tta`` in
@@ -154,21 +155,24 @@ def draw_training_curves(fig, history, label_smoothing=0.0, patch_dropout=0.0, a
     if not history:
         raise ValueError("no epochs to draw: the history is empty")
     epochs = [r["epoch"] for r in history]
+    tested = [r for r in history if "test_acc" in r]  # the trainer tests the first epoch
+    if not tested:
+        raise ValueError("no tested epoch to draw: no record of the history has test_acc")
     loss_ax, acc_ax = fig.subplots(1, 2)
     smoothed = f" (label smoothing {label_smoothing:g})" if label_smoothing else ""
     loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3,
                  label=f"train: training loss{smoothed}")  # fmt: skip
-    loss_ax.plot(epochs, [r["test_loss"] for r in history], "o-", ms=3,
+    loss_ax.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "o-", ms=3,
                  label="test: plain cross-entropy")  # fmt: skip
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("loss")
-    best = max(history, key=lambda r: r["test_acc"])
+    best = max(tested, key=lambda r: r["test_acc"])
     best_label = f"test (best {100 * best['test_acc']:.1f}%, epoch {best['epoch']})"
     conditions = _train_conditions(patch_dropout, augment)
     train_label = "train" + (f" ({', '.join(conditions)})" if conditions else "")
     acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", ms=3,
                 label=train_label)  # fmt: skip
-    acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "o-", ms=3,
+    acc_ax.plot([r["epoch"] for r in tested], [100 * r["test_acc"] for r in tested], "o-", ms=3,
                 label=best_label)  # fmt: skip
     acc_ax.plot([best["epoch"]], [100 * best["test_acc"]], "o", ms=7, mfc="none", color="C1")
     last = history[-1]

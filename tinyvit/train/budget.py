@@ -50,22 +50,26 @@ class TimeBudget:
         return step + 1 == max(TIMED_STEPS, warmup_steps) and step + 1 < steps_per_epoch
 
     def steps_that_fit(
-        self, *, spent, step, epoch, steps_per_epoch, step_seconds, per_epoch_seconds,
-        final_seconds=0.0,
+        self, *, spent, step, epoch, steps_per_epoch, step_seconds, save_seconds,
+        test_seconds=0.0, tested=lambda epoch, epochs: True, final_seconds=0.0,
     ) -> int:  # fmt: skip
         """The largest total number of steps that ends within the budget.
 
         ``spent`` seconds are gone; the run is at ``step`` (in ``epoch``, both
         counted from 0). Each step takes ``step_seconds``; every epoch's end,
-        the last one included, takes ``per_epoch_seconds`` to test and save;
+        the last one included, takes ``save_seconds`` to save, and
+        ``test_seconds`` more where ``tested(epoch, epochs)`` says the run tests
+        (``TrainConfig.tests_after``; default: after every epoch);
         ``final_seconds`` more are needed once at the end (a final test). At
         least one more step is always planned.
         """
         left = self.seconds * (1.0 - self.margin) - spent
 
         def needed(total):  # seconds from now to the end of a run of `total` steps
-            tests = math.ceil(total / steps_per_epoch) - epoch
-            return (total - step) * step_seconds + tests * per_epoch_seconds + final_seconds
+            epochs = math.ceil(total / steps_per_epoch)
+            tests = sum(tested(e, epochs) for e in range(epoch, epochs))
+            return ((total - step) * step_seconds + (epochs - epoch) * save_seconds
+                    + tests * test_seconds + final_seconds)  # fmt: skip
 
         low, high = step + 1, step + 2 + int(max(left, 0.0) / step_seconds)
         while high - low > 1:  # needed() grows with the total: a binary search

@@ -198,7 +198,7 @@ def _prepare(args, folder, comm):
         folder.check(resume=args.resume, overwrite=args.overwrite)
 
     comm.from_root(claim)
-    kernels.configure_process()
+    kernels.configure_process(distributed.threads_each(distributed.launched()))
     loaded = []
 
     def load(download):  # CIFAR-10, or a folder of your images (train.start)

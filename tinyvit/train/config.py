@@ -127,6 +127,10 @@ class TrainConfig:
     test_limit: int | None = setting(
         None, POSITIVE_INT, "use only the first N test images", optional=True, none="all"
     )
+    test_every: int = setting(
+        1, POSITIVE_INT, "test after every N-th epoch (the first and the last are always "
+        "tested; the time a test takes goes to training instead)", metavar="N",
+    )  # fmt: skip
     eval_batch_size: int = setting(500, POSITIVE_INT, "images per batch when testing")
     device: str = setting("cpu", backend.DEVICES, "where to train")
     seed: int = setting(
@@ -180,6 +184,12 @@ class TrainConfig:
         """The same run with its length spelled out (the default budget written in): the
         form a checkpoint keeps, so that two ways of asking for one run compare equal."""
         return dataclasses.replace(self, time_budget=self.budget)
+
+    def tests_after(self, epoch: int, epochs) -> bool:
+        """Whether the run tests after epoch ``epoch`` (counted from 0) of ``epochs``: the
+        first (whose test times the plan of a time budget), every ``test_every``-th, the
+        last (``epochs`` is "?" while a time budget has not fixed it)."""
+        return epoch == 0 or (epoch + 1) % self.test_every == 0 or epoch + 1 == epochs
 
     # -- checks --------------------------------------------------------------------
 
@@ -266,11 +276,13 @@ RECIPES = {
     # those tokens, their average as the representation, crops and flips; the rest is the
     # cpu recipe's (AdamW 1e-3, one warm-up epoch, cosine decay fitted to the half hour,
     # label smoothing 0.1, a final test with flips). Chosen by the screening runs of
-    # benchmarks/results/cifar10_hybrid/.
+    # benchmarks/results/cifar10_hybrid/. A test every fifth epoch: a test of the 10,000
+    # images costs about as much as a sixth of an epoch's training.
     "hybrid": dict(
         model="hybrid_cifar_2x3",
         model_overrides={"pool": "mean", "stem_channels": (32, 64), "patch_dropout": 0.5},
         augment="basic",
+        test_every=5,
     ),
     # Fine-tuning a pre-trained model (Section 3.2, Appendix B.1.1; python -m
     # tinyvit.finetune, with --init): SGD with momentum 0.9, no weight decay, gradient

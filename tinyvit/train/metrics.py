@@ -52,12 +52,15 @@ class EpochMeter:
 
 def epoch_line(record: dict, epochs) -> str:
     """The line the trainer prints at the end of an epoch (``epochs``: the run's, or "?"
-    while a time budget has not fixed them yet)."""
+    while a time budget has not fixed them yet); an epoch without a test says so."""
+    test = (
+        f"test loss {record['test_loss']:.4f} acc {100 * record['test_acc']:.2f}%"
+        if "test_acc" in record else "not tested" + " " * 21
+    )  # fmt: skip
     return (
         f"epoch {record['epoch']:>3}/{epochs}  train loss {record['train_loss']:.4f} "
-        f"acc {100 * record['train_acc']:.2f}%  |  test loss {record['test_loss']:.4f} "
-        f"acc {100 * record['test_acc']:.2f}%  |  {record['train_images_per_s']:.0f} img/s  "
-        f"{record['elapsed_seconds'] / 60:.1f} min"
+        f"acc {100 * record['train_acc']:.2f}%  |  {test}  |  "
+        f"{record['train_images_per_s']:.0f} img/s  {record['elapsed_seconds'] / 60:.1f} min"
     )
 
 

@@ -192,7 +192,7 @@ class Trainer:
             if not self.planned:
                 self.budget.record(now - tick)
                 if TimeBudget.plan_during_epoch(self.step, self.warmup_steps, self.steps_per_epoch):
-                    self.plan(self.budget.step_seconds(), time_epoch_end(self))
+                    self.plan(self.budget.step_seconds(), *time_epoch_end(self))
                     bar.total = min(self.steps_per_epoch, self.total_steps)
                 now = time.perf_counter()
             tick = now
@@ -209,26 +209,28 @@ class Trainer:
 
     # -- a time budget ---------------------------------------------------------------
 
-    def plan(self, step_seconds, per_epoch_seconds) -> None:
+    def plan(self, step_seconds, test_seconds, save_seconds) -> None:
         """Fix the run's length to what fits in the time budget (``TimeBudget``), from
-        the step and test times measured on this run; the plan is logged, with the
+        the step, test and save times measured on this run; the plan is logged, with the
         ``--steps`` that repeats it."""
         c = self.config
         spent = self.elapsed_seconds()
         total = self.comm.broadcast(self.budget.steps_that_fit(  # rank 0's plan, for everyone
             spent=spent, step=self.step, epoch=self.epoch, steps_per_epoch=self.steps_per_epoch,
-            step_seconds=step_seconds, per_epoch_seconds=per_epoch_seconds,
-            final_seconds=2 * per_epoch_seconds if c.tta == "flip" else 0.0,
+            step_seconds=step_seconds, test_seconds=test_seconds, save_seconds=save_seconds,
+            tested=c.tests_after,
+            final_seconds=2 * test_seconds + save_seconds if c.tta == "flip" else 0.0,
         ))  # fmt: skip
         exact = self.step <= self.schedule.warmup  # no learning rate depended on the length
         self.set_total_steps(total)
         self.planned = True
         again = "step for step" if exact else "but for the learning rates of its first steps"
+        every = f" (every {c.test_every} epochs)" if c.test_every > 1 else ""
         self.log(
             f"time budget {self.budget.seconds / 60:.3g} min: {step_seconds:.3f} s a step, "
-            f"{per_epoch_seconds:.1f} s to test and save, {spent:.0f} s spent: {total:,} steps "
-            f"({total / self.steps_per_epoch:.2f} epochs). The same run again, {again}: "
-            f"--steps {total} instead of --time-budget"
+            f"{test_seconds:.1f} s a test{every}, {save_seconds:.1f} s to save, {spent:.0f} s "
+            f"spent: {total:,} steps ({total / self.steps_per_epoch:.2f} epochs). The same run "
+            f"again, {again}: --steps {total} instead of --time-budget"
         )
 
     # -- testing ---------------------------------------------------------------------
@@ -248,15 +250,18 @@ class Trainer:
             )  # fmt: skip
 
     def end_epoch(self):
-        """Test, record the epoch, save; with a time budget not yet planned, plan it now."""
+        """Test (where ``tests_after`` says), record the epoch, save; with a time budget not
+        yet planned, plan it now."""
         tick, epochs = time.perf_counter(), self.epochs if self.planned else "?"  # ?: unplanned
-        test_loss, test_acc = self.evaluate(desc=f"epoch {self.epoch + 1}/{epochs}: testing")
-        s = self.meter.summary()
+        tested = {}
+        if self.config.tests_after(self.epoch, epochs):
+            tested = dict(zip(("test_loss", "test_acc"), self.evaluate(
+                desc=f"epoch {self.epoch + 1}/{epochs}: testing")))  # fmt: skip
+        s, test_seconds = self.meter.summary(), time.perf_counter() - tick
         record = dict(
             epoch=self.epoch + 1, step=self.step, train_loss=s["loss"], train_acc=s["acc"],
-            test_loss=test_loss, test_acc=test_acc, lr=self.schedule(self.step - 1),
-            train_images_per_s=s["images_per_s"], eval_seconds=time.perf_counter() - tick,
-            elapsed_seconds=self.elapsed_seconds(),
+            **tested, lr=self.schedule(self.step - 1), train_images_per_s=s["images_per_s"],
+            eval_seconds=test_seconds, elapsed_seconds=self.elapsed_seconds(),
         )  # fmt: skip
         self.history.append(record)
         self.epoch, self.batch, self.meter = self.epoch + 1, 0, EpochMeter()
@@ -264,7 +269,8 @@ class Trainer:
         self.save_checkpoint()
         self.write_metrics()
         if not self.planned:  # a time budget, planned with this epoch's timings
-            self.plan(self.budget.step_seconds(), time.perf_counter() - tick)
+            self.plan(self.budget.step_seconds(), test_seconds,
+                      time.perf_counter() - tick - test_seconds)  # fmt: skip
             self.save_checkpoint()  # with the plan, for a resumed run
 
     def final_test(self) -> None:
@@ -338,16 +344,19 @@ class Trainer:
         with self.stop.writing(), self.tested_weights():
             self.comm.from_root(checkpoint.save, self.model, self.folder.model)
         if self.history:
-            best = max(r["test_acc"] for r in self.history)
-            last = self.history[-1]
-            flipped = (
-                f", {100 * last['test_acc_tta']:.2f}% with flips" if "test_acc_tta" in last else ""
-            )
-            self.log(
-                f"done: final test accuracy {100 * last['test_acc']:.2f}%{flipped} "
-                f"(best {100 * best:.2f}%), {self.elapsed_seconds() / 60:.1f} min; "
-                f"model in {self.folder.model}"
-            )
+            self.log(done_line(self))
+
+
+def done_line(trainer: Trainer) -> str:
+    """A finished run's last line: the final test, with flips, the best test, the time."""
+    t = trainer
+    best = max(r["test_acc"] for r in t.history if "test_acc" in r)
+    last = t.history[-1]
+    flipped = f", {100 * last['test_acc_tta']:.2f}% with flips" if "test_acc_tta" in last else ""
+    return (
+        f"done: final test accuracy {100 * last['test_acc']:.2f}%{flipped} "
+        f"(best {100 * best:.2f}%), {t.elapsed_seconds() / 60:.1f} min; model in {t.folder.model}"
+    )
 
 
 def epoch_bar(trainer: Trainer, batches):
@@ -361,8 +370,8 @@ def epoch_bar(trainer: Trainer, batches):
     )  # fmt: skip
 
 
-def time_epoch_end(trainer: Trainer) -> float:
-    """Seconds to test and save at an epoch's end, before one has ended: a test on a
+def time_epoch_end(trainer: Trainer) -> tuple[float, float]:
+    """Seconds to test and to save at an epoch's end, before one has ended: a test on a
     sample of the test images and a checkpoint written (as on Ctrl-C), both timed."""
     tick = time.perf_counter()
     sample = min(len(trainer.y_test), 2 * trainer.config.eval_batch_size)
@@ -370,7 +379,7 @@ def time_epoch_end(trainer: Trainer) -> float:
     test_seconds = (time.perf_counter() - tick) * len(trainer.y_test) / sample
     tick = time.perf_counter()
     trainer.save_checkpoint()
-    return test_seconds + (time.perf_counter() - tick) + PLOT_SECONDS
+    return test_seconds, time.perf_counter() - tick + PLOT_SECONDS
 
 
 def describe_run(trainer: Trainer) -> str:
@@ -413,5 +422,6 @@ def divergence_advice(trainer: Trainer) -> str:
 
 
 __all__ = [
-    "Trainer", "describe_run", "divergence_advice", "epoch_bar", "make_optimizer", "time_epoch_end",
+    "Trainer", "describe_run", "divergence_advice", "done_line", "epoch_bar", "make_optimizer",
+    "time_epoch_end",
 ]  # fmt: skip
