@@ -54,6 +54,23 @@ def test_the_launchers_environment_says_who_is_who():
     assert (slurm.rank, slurm.size) == (3, 8) and "srun" in slurm.launcher
     # a batch script's job-wide task count is not a launch of several processes
     assert distributed.launched({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}) is None
+    # how many share this machine: the launcher's word for it, else all of them
+    assert mpich.local_size == 4 and openmpi.local_size == 2
+    here = distributed.launched({"PMI_RANK": "1", "PMI_SIZE": "4", "MPI_LOCALNRANKS": "2"})
+    assert (here.size, here.local_size) == (4, 2)
+
+
+def test_the_processes_of_a_machine_share_its_cores():
+    two = distributed.Launch("mpiexec", 0, 2, 2)
+    assert distributed.threads_each(two, cores=2, environ={}) == 1
+    assert distributed.threads_each(two, cores=16, environ={}) == 8
+    assert distributed.threads_each(distributed.Launch("mpiexec", 0, 6, 3), 8, {}) == 2
+    assert distributed.threads_each(distributed.Launch("mpiexec", 0, 8, 8), 2, {}) == 1
+    # alone, alone on its machine, or threads the user set: left as they are
+    assert distributed.threads_each(None, cores=2, environ={}) is None
+    assert distributed.threads_each(distributed.Launch("srun", 1, 4, 1), 2, {}) is None
+    for variable in distributed.THREAD_VARIABLES:
+        assert distributed.threads_each(two, cores=2, environ={variable: "2"}) is None
 
 
 def test_a_process_alone_needs_nothing_and_changes_nothing():
@@ -453,14 +470,19 @@ SHARED = HERE.parents[1] / "shared" / "data" / "cifar-10-batches-bin"
 @needs_mpi
 @pytest.mark.skipif(not SHARED.is_dir(), reason="no CIFAR-10 copy beside the repository")
 def test_the_command_line_itself_under_mpiexec_on_cifar10(tmp_path):
-    """``mpiexec -n 2 python -m tinyvit.train``, as the README says it: rank 0 prints the
-    run's lines once, and writes every file."""
+    """``mpiexec -n 2 python -m tinyvit.train``, as the README says it, without thread
+    settings in the environment: each process takes its share of the cores, rank 0
+    prints the run's lines once, and writes every file."""
+    bare = {k: v for k, v in os.environ.items() if k not in distributed.THREAD_VARIABLES}
     result = ran(subprocess.run(
         [MPIEXEC, "-n", "2", sys.executable, "-m", "tinyvit.train", "--quick", "--epochs", "1",
          "--data-dir", str(SHARED), "--out", str(tmp_path), "--no-progress"],
-        env={**os.environ, **THREADS}, capture_output=True, text=True, timeout=300,
+        env=bare, capture_output=True, text=True, timeout=300,
     ))  # fmt: skip
     assert result.stdout.count("2 processes of 32 images a step") == 1
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    if "numba" in tinyvit.kernels.describe("cpu"):  # the header names numba's threads
+        assert f"numba, {threads} thread{'s' if threads > 1 else ''}" in result.stdout
     assert result.stdout.count("epoch   1/1") == 1 and "done: final test" in result.stdout
     for name in ("checkpoint.npz", "model.npz", "metrics.jsonl", "curves.png"):
         assert (tmp_path / name).is_file()

@@ -598,6 +598,27 @@ def test_importing_tinyvit_leaves_malloc_as_it_was_and_configure_process_keeps_m
     assert out.stdout.split() == ["True", "True", "False"]
 
 
+def test_configure_process_gives_a_process_its_share_of_the_threads():
+    """``configure_process(threads=1)`` (one of two processes on two cores): OpenBLAS,
+    numba and the stacks of products run on one thread, in a process of its own."""
+    code = (
+        "import numpy, tinyvit.kernels as k\n"
+        "from tinyvit.kernels import cpu_runtime\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print(k.configure_process(threads=1)['threads'], cpu_runtime.product_threads(),\n"
+        "      [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'])\n"
+        "try:\n"
+        "    import numba\n"
+        "    print(numba.get_num_threads())\n"
+        "except ImportError:\n"
+        "    print(1)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "NUMBA_NUM_THREADS": "2"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["1 1 [1]", "1"]
+
+
 def test_the_entry_points_configure_the_process(monkeypatch, tmp_path):
     """``python -m tinyvit`` and every lesson (through ``lesson_arguments``) apply the
     process settings once, after their flags are read."""
@@ -605,7 +626,7 @@ def test_the_entry_points_configure_the_process(monkeypatch, tmp_path):
     from tinyvit.lesson import lesson_arguments
 
     calls = []
-    monkeypatch.setattr(kernels, "configure_process", lambda: calls.append(1) or {})
+    monkeypatch.setattr(kernels, "configure_process", lambda threads=None: calls.append(1) or {})
     monkeypatch.setattr(entry, "check_every_layer", lambda **_: [])
     assert entry.main([]) == 0
     assert calls == [1]

@@ -56,12 +56,17 @@ import numpy as np
 
 from . import backend
 
-# (launcher, rank variable, size variable): how each launcher tells a process who it is.
+# (launcher, rank variable, size variable, this machine's size variable): how each
+# launcher tells a process who it is, and how many of the processes share its machine.
 LAUNCHERS = (
-    ("mpiexec (MPICH, Intel MPI)", "PMI_RANK", "PMI_SIZE"),
-    ("mpirun (Open MPI)", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-    ("srun (Slurm)", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"),
-)
+    ("mpiexec (MPICH, Intel MPI)", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"),
+    ("mpirun (Open MPI)", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+     "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("srun (Slurm)", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS_PER_NODE"),
+)  # fmt: skip
+# The variables that set a process's threads; a launch that sets none of them shares the
+# machine's cores among its processes (``threads_each``).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 MPI_INSTALL = 'pip install -e ".[mpi]"  (mpi4py with MPICH; or pip install mpi4py mpich)'
 TIMEOUT_VARIABLE, TIMEOUT = "TINYVIT_MPI_TIMEOUT", 600.0  # seconds a collective may wait
 STOP_GRACE = 10.0  # seconds a collective may still wait once a stop was requested
@@ -91,24 +96,44 @@ class PeerLost(DistributedError):
 
 
 class Launch(NamedTuple):
-    """What a launcher told this process: its ``rank`` among ``size`` processes."""
+    """What a launcher told this process: its ``rank`` among ``size`` processes, of which
+    ``local_size`` run on this machine."""
 
     launcher: str
     rank: int
     size: int
+    local_size: int = 1
 
 
 def launched(environ=None) -> Launch | None:
     """This process's rank and the number of processes, as its launcher's environment
     says (``LAUNCHERS``); None for a process started by itself."""
     environ = os.environ if environ is None else environ
-    for launcher, rank, size in LAUNCHERS:
+    for launcher, rank, size, local in LAUNCHERS:
         if rank in environ and size in environ:
             try:
-                return Launch(launcher, int(environ[rank]), int(environ[size]))
+                rank, size = int(environ[rank]), int(environ[size])
             except ValueError:
                 continue
+            here = environ.get(local, "")
+            return Launch(launcher, rank, size, int(here) if here.isdigit() else size)
     return None
+
+
+def threads_each(launch: Launch | None, cores: int | None = None, environ=None) -> int | None:
+    """The threads each process of ``launch`` should run its products and loops on: the
+    machine's ``cores`` shared among its processes, at least one. None (leave the threads
+    alone) for a process started by itself, or where the environment sets them
+    (``THREAD_VARIABLES``).
+
+    Every process would otherwise start a thread per core for OpenBLAS and another for
+    numba, and two processes on two cores would take turns on them.
+    """
+    environ = os.environ if environ is None else environ
+    if launch is None or launch.local_size < 2 or any(v in environ for v in THREAD_VARIABLES):
+        return None
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return max(1, cores // launch.local_size)
 
 
 class StepSums(NamedTuple):
@@ -465,9 +490,11 @@ __all__ = [
     "NCCLCommunicator",
     "PeerLost",
     "StepSums",
+    "THREAD_VARIABLES",
     "check_same",
     "exit_job",
     "import_mpi",
     "launched",
+    "threads_each",
     "world",
 ]

@@ -29,10 +29,11 @@ Each op also keeps its reference body as ``op.reference``
 CPU, and ``describe()`` says so. On the GPU the other reference ops run as
 they are, whole-array CuPy calls.
 
-Two settings belong to the whole process rather than to a kernel:
-OpenBLAS's idle threads told to sleep at once, and glibc told to keep
-freed memory (``cpu_runtime.py`` says why). Importing tinyvit changes
-neither; ``configure_process()`` applies both, once, at the start of a
+Some settings belong to the whole process rather than to a kernel:
+OpenBLAS's idle threads told to sleep at once, glibc told to keep freed
+memory, and, for one of several processes on a machine, its share of the
+cores (``cpu_runtime.py`` says why). Importing tinyvit changes none of
+them; ``configure_process()`` applies them, once, at the start of a
 program that trains or measures. (numba's threads, which only the kernels
 use, the kernels start themselves, told to sleep when idle.)
 """
@@ -67,7 +68,7 @@ else:
 dispatch.register("cuda", cuda.KERNELS)
 
 
-def configure_process() -> dict:
+def configure_process(threads: int | None = None) -> dict:
     """Apply tinyvit's process-wide CPU settings; call once, at a program's start.
 
     * OpenBLAS's idle threads sleep at once instead of spinning for about
@@ -79,16 +80,25 @@ def configure_process() -> dict:
       faults (``cpu_runtime.keep_freed_memory``), at the price of the process
       keeping its peak memory.
 
-    Importing tinyvit does neither: a library that changes its host
+    * with ``threads``, OpenBLAS, numba and the stacks of products run on
+      that many threads (``cpu_runtime.limit_threads``): one of several
+      processes on a machine takes its share of the cores
+      (``distributed.threads_each``).
+
+    Importing tinyvit does none of this: a library that changes its host
     process's threads and allocator on import would surprise the program
     that imported it. Calling it again does nothing new. Returns
     ``{setting: applied}``, False where the process has no OpenBLAS or the C
     library is not glibc.
     """
-    return {
+    applied = {
         "openblas_threads_sleep": cpu_runtime.quiet_blas_threads(),
         "malloc_keeps_freed_memory": cpu_runtime.keep_freed_memory(),
     }
+    if threads is not None:
+        cpu_runtime.limit_threads(threads)
+        applied["threads"] = threads
+    return applied
 
 
 __all__ = [

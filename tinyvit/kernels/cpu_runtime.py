@@ -20,6 +20,13 @@ thread products this small; ``stacked_matmul`` gives each core a part of the
 stack, on threads of its own (NumPy lets go of the interpreter's lock inside
 a product, so they run at once).
 
+**Several processes on one machine.** OpenBLAS and numba each start a
+thread per core. Two processes of one run (``mpiexec -n 2`` on two cores)
+would start four of each and take turns on the cores; each should run on
+its share of them, and keep it busy through the Python and NumPy work
+between the products that a second thread of one process waits out
+(``limit_threads``; the trainer does it when a launcher started it).
+
 **The allocator.** glibc hands every freed block above 128 KB straight back to
 the operating system, and the next activation of the same size is paid for
 again in page faults, one per 4 KB page. Training allocates and frees the same
@@ -147,6 +154,28 @@ def start_numba_threads() -> None:
             del os.environ["OMP_WAIT_POLICY"]
 
 
+def limit_threads(threads: int) -> None:
+    """Run OpenBLAS's products, numba's loops and the stacks of products on ``threads``
+    threads each: fewer than the cores, for one of several processes on one machine.
+
+    OpenBLAS reads its thread count when it is loaded, before any code of ours
+    runs; ``threadpoolctl`` sets it in the loaded library, whatever its build
+    calls the function. numba's count is set for the calling thread, the one
+    that trains.
+    """
+    global _threads
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+    _threads = threads
+    try:
+        import numba
+    except ImportError:
+        return
+    start_numba_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
 def thread_note() -> str:
     """``kernels.describe()``'s words for numba's threads, and its threading layer once
     they run (asking numba for its thread count before would start them)."""
@@ -162,13 +191,15 @@ def thread_note() -> str:
 # stacks of small products
 # ---------------------------------------------------------------------------
 
-_pool = None
+_pool, _threads = None, None  # _threads: limit_threads's count
 STACK_PER_THREAD = 8  # fewer products a thread than this: one thread does them all
 
 
 def product_threads() -> int:
-    """Threads for stacks of products: numba's count (``NUMBA_NUM_THREADS``), else the
-    cores."""
+    """Threads for stacks of products: ``limit_threads``'s count, else numba's
+    (``NUMBA_NUM_THREADS``), else the cores."""
+    if _threads is not None:
+        return _threads
     try:
         import numba
 
