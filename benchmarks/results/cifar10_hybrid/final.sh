@@ -2,7 +2,8 @@
 # Issue 27's finalists: the README's main command with the hybrid recipe (and a finalist's
 # flags) over the full 30-minute budget, on an otherwise idle machine, its wall time from
 # /usr/bin/time (loading the data included). With PROCESSES=N, one run shared by N processes
-# of one thread each under mpiexec (pip install -e ".[mpi]"). Usage, from the repository
+# under mpiexec (pip install -e ".[mpi]"), each on its share of the cores (the trainer sets
+# their threads; until commit 14bf44a this script set them to 1). Usage, from the repository
 # root with ../shared/data beside it:
 #   [PROCESSES=2] benchmarks/results/cifar10_hybrid/final.sh NAME [FLAGS ...]
 # The log, metrics and curves go to benchmarks/results/cifar10_hybrid/final/NAME/, the run
@@ -15,7 +16,6 @@ here=benchmarks/results/cifar10_hybrid/final/$name
 mkdir -p "$here" runs
 launcher=()
 if [ -n "${PROCESSES:-}" ]; then
-  export NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
   launcher=(mpiexec -n "$PROCESSES")
 fi
 /usr/bin/time -f "%e s wall" "${launcher[@]}" python -m tinyvit.train --recipe hybrid \
