@@ -169,6 +169,26 @@ def test_lessons_look_into_the_main_commands_model_before_the_shipped_one(tmp_pa
         assert lesson.default_model(args) == path
 
 
+def test_lessons_pass_over_a_hybrid_in_the_main_commands_folder(tmp_path, monkeypatch):
+    """``--recipe hybrid`` writes runs/cifar10 too; lessons 7-10 look into a plain ViT's
+    pixel patches, so they take the shipped one instead (a named --checkpoint stays)."""
+    import argparse
+
+    from tinyvit import checkpoint, lesson, models
+
+    monkeypatch.chdir(tmp_path)
+    small = dict(dim=16, depth=1, heads=2, mlp_dim=32, stem_channels=(4, 8))
+    lesson.MAIN_MODEL.parent.mkdir(parents=True)
+    checkpoint.save(models.create("hybrid_cifar_2x3", **small), lesson.MAIN_MODEL)
+    assert lesson.is_hybrid(lesson.MAIN_MODEL)
+    assert lesson.default_model(argparse.Namespace(checkpoint=None)) == lesson.SHIPPED_MODEL
+    named = argparse.Namespace(checkpoint=lesson.MAIN_MODEL)
+    assert lesson.default_model(named) == lesson.MAIN_MODEL
+    checkpoint.save(models.create("vit_cifar_tiny", dim=16, depth=1, heads=2, mlp_dim=32),
+                    lesson.MAIN_MODEL)  # fmt: skip
+    assert lesson.default_model(argparse.Namespace(checkpoint=None)) == lesson.MAIN_MODEL
+
+
 def test_import_tinyvit_reaches_every_module():
     code = ("import sys, tinyvit; tinyvit.data.normalize; tinyvit.train.Trainer; "
             "tinyvit.viz.plot_training_curves; tinyvit.interop.load_official; "

@@ -95,7 +95,8 @@ def checkpoint_flags(parser: argparse.ArgumentParser) -> None:
         type=existing_file,
         default=None,
         help=f"a tinyvit model to look into (default: lesson 6's, {LESSON6_MODEL}, else "
-        f"python -m tinyvit.train's, {MAIN_MODEL}, else the one shipped in lessons/models/; "
+        f"python -m tinyvit.train's plain ViT, {MAIN_MODEL}, else the one shipped in "
+        "lessons/models/; "
         "without any of them the lesson trains a short run first)",
     )
 
@@ -109,12 +110,26 @@ def in_notebook() -> bool:
 
 def default_model(args):
     """The model a lesson looks into: ``--checkpoint``, else lesson 6's, else the main
-    command's (``python -m tinyvit.train``), else the shipped one; ``None`` when there is
-    none of them."""
-    for path in (args.checkpoint, LESSON6_MODEL, MAIN_MODEL, SHIPPED_MODEL):
-        if path is not None and Path(path).is_file():
-            return Path(path)
-    return None
+    command's (``python -m tinyvit.train``) when it is a plain ViT, else the shipped one;
+    ``None`` when there is none of them."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint)
+    for path in (LESSON6_MODEL, MAIN_MODEL):
+        if path.is_file() and not is_hybrid(path):
+            return path
+    return SHIPPED_MODEL if SHIPPED_MODEL.is_file() else None
+
+
+def is_hybrid(path) -> bool:
+    """Whether the checkpoint at ``path`` is a hybrid's (``--recipe hybrid`` writes to the
+    main command's folder too): lessons 7-10 look into a plain ViT's pixel patches. A file
+    that is no checkpoint counts as none, for loading it to say what is wrong."""
+    from . import checkpoint
+
+    try:
+        return checkpoint.read_meta(checkpoint.read_npz(path), path)["model"] == "HybridViT"
+    except (OSError, ValueError, checkpoint.CheckpointError):
+        return False
 
 
 def load_data(args):
