@@ -41,7 +41,7 @@ def test_the_shipped_hybrid_is_the_hybrid_recipes_model():
     assert all(p.data.dtype == np.float32 for p in model.parameters())
     provenance = json.loads(SHIPPED_HYBRID.with_suffix(".json").read_text())
     assert "--recipe hybrid" in provenance["command"]
-    assert provenance["test_accuracy"] > 0.79
+    assert provenance["test_accuracy"] >= 0.80  # issue 27: 80% in half an hour
 
 
 @pytest.mark.skipif(
