@@ -5,7 +5,7 @@ Data parallelism splits each batch among processes (``mpiexec -n P python
 process already runs on every core. So each configuration here is P
 processes of T threads each, P x T at most the cores: by default 1 x 1,
 1 x all cores, and all cores x 1 (with 4 processes too where there are 4
-cores). Every configuration trains the same run, the README's main command's
+cores). Every configuration trains the same run, the default run's
 model (``recipe("cpu")``: vit_cifar_tiny with the patch tokens' average and
 PatchDropout 0.5, AdamW, batch 128, flips) on random CIFAR-shaped images,
 through ``Trainer.train_on_batch``: the sharded batch, the step, one

@@ -24,7 +24,9 @@ def test_readme_starts_with_two_commands():
         c.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install")
         for c in commands
     )
-    assert commands[0].endswith("python -m tinyvit.train")  # the main job: training on CIFAR-10
+    # the main job: the hybrid on CIFAR-10, one run shared by two processes (issue 27)
+    assert commands[0].endswith("mpiexec -n 2 python -m tinyvit.train --recipe hybrid")
+    assert 'pip install -e ".[mpi]"' in commands[0]
     assert "pytest" in commands[1]
 
 

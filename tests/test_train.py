@@ -765,7 +765,7 @@ def test_an_explicit_length_replaces_the_recipes_budget():
     assert config_from_args(parse(["--steps", "30"])).budget is None
     assert config_from_args(parse(["--time-budget", "2m"])).budget == 120.0
     assert config_from_args(parse(["--recipe", "gpu", "--time-budget", "2m"])).epochs is None
-    plain = config_from_args(parse([]))  # the README's main command: the cpu recipe
+    plain = config_from_args(parse([]))  # the default run: the cpu recipe
     assert plain.budget == 1800.0 and plain.steps is None and plain.tta == "flip"
     assert plain.model_config()["pool"] == "mean"
     assert plain == TrainConfig()  # the defaults are the main command's run

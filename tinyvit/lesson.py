@@ -24,7 +24,7 @@ from . import backend, files, kernels
 from .cli import ArgumentParser, fail, folder_type
 
 # Lesson 6 writes its trained model here (the trainer's ``model.npz``); lessons
-# 7-10 start from it when it is there, else from the README's main command's.
+# 7-10 start from it when it is there, else from the default run's (a plain ViT).
 LESSON6_MODEL = Path("runs") / "lessons" / "06_train_cifar10" / "model.npz"
 MAIN_MODEL = Path("runs") / "cifar10" / "model.npz"  # python -m tinyvit.train's
 # The model of the default CPU run, shipped with the lessons (its provenance in the

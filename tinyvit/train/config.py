@@ -3,9 +3,11 @@
 Every setting is one ``settings.setting`` field below, with its default,
 its range and its help; the command line's flags, ``--help``, the checks and
 the checkpoint's copy of the settings are all read off these fields. The
-defaults are the README's main command, ``python -m tinyvit.train``: the
-CPU recipe, the most accuracy in half an hour on a 2-core CPU. A recipe is
-a named set of changes to them (``RECIPES``), applied by ``recipe()``.
+defaults are the default run, ``python -m tinyvit.train``: the CPU recipe
+of the plain ViT, the most accuracy a plain ViT reached in half an hour on a
+2-core CPU. A recipe is a named set of changes to them (``RECIPES``),
+applied by ``recipe()``; the README's main command is the ``hybrid``
+recipe's, shared by two processes (``mpiexec -n 2``).
 
 How long a run is: ``steps``, else ``epochs``, else ``time_budget``; at
 most one of the three is set, and with none set the run fits itself into
@@ -52,7 +54,7 @@ def _minutes(seconds) -> str:
 class TrainConfig:
     """Everything that defines a run; saved in every checkpoint.
 
-    ``TrainConfig()`` is the README's main command. The default model
+    ``TrainConfig()`` is the default run, ``python -m tinyvit.train``. The default model
     changes two settings of ``vit_cifar_tiny``: the patch tokens' average
     instead of the class token (Appendix D.3) and PatchDropout 0.5 (each
     training image keeps a random half of its patch tokens, so a step costs
@@ -252,7 +254,7 @@ class TrainConfig:
 
 # The recipes: named changes to TrainConfig's defaults (``recipe()`` applies them).
 RECIPES = {
-    # The README's main command: TrainConfig's defaults as they are.
+    # The default run, the plain ViT: TrainConfig's defaults as they are.
     "cpu": {},
     # The published from-scratch recipe of ViT-Lite-7/4 (Compact Transformers
     # paper: 91.38% in 200 epochs): AdamW 5e-4, weight decay 0.03, batch 128,
@@ -275,7 +277,8 @@ RECIPES = {
     # (3 -> 32 -> 64 channels), whose 8 x 8 feature map is the sequence, PatchDropout 0.5 on
     # those tokens, their average as the representation, crops and flips, AdamW at 2e-3;
     # the rest is the cpu recipe's (one warm-up epoch, cosine decay fitted to the half hour,
-    # label smoothing 0.1, a final test with flips). Chosen by the screening runs of
+    # label smoothing 0.1, a final test with flips). The README's main command, under
+    # mpiexec -n 2 (80.2% in half an hour on 2 cores). Chosen by the screening runs of
     # benchmarks/results/cifar10_hybrid/. A test every fifth epoch: a test of the 10,000
     # images costs about as much as a sixth of an epoch's training.
     "hybrid": dict(
