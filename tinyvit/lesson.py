@@ -109,8 +109,8 @@ def in_notebook() -> bool:
 
 
 def default_model(args):
-    """The model a lesson looks into: ``--checkpoint``, else lesson 6's, else the main
-    command's (``python -m tinyvit.train``) when it is a plain ViT, else the shipped one;
+    """The model a lesson looks into: ``--checkpoint``, else lesson 6's, else the default
+    run's (``python -m tinyvit.train``) when it is a plain ViT, else the shipped one;
     ``None`` when there is none of them."""
     if args.checkpoint is not None:
         return Path(args.checkpoint)
@@ -121,9 +121,9 @@ def default_model(args):
 
 
 def is_hybrid(path) -> bool:
-    """Whether the checkpoint at ``path`` is a hybrid's (``--recipe hybrid`` writes to the
-    main command's folder too): lessons 7-10 look into a plain ViT's pixel patches. A file
-    that is no checkpoint counts as none, for loading it to say what is wrong."""
+    """Whether the checkpoint at ``path`` is a hybrid's (``--recipe hybrid`` writes
+    runs/cifar10 too): lessons 7-10 look into a plain ViT's pixel patches. A file that is
+    no checkpoint counts as none, for loading it to say what is wrong."""
     from . import checkpoint
 
     try:

@@ -277,10 +277,9 @@ RECIPES = {
     # (3 -> 32 -> 64 channels), whose 8 x 8 feature map is the sequence, PatchDropout 0.5 on
     # those tokens, their average as the representation, crops and flips, AdamW at 2e-3;
     # the rest is the cpu recipe's (one warm-up epoch, cosine decay fitted to the half hour,
-    # label smoothing 0.1, a final test with flips). The README's main command, under
-    # mpiexec -n 2 (80.2% in half an hour on 2 cores). Chosen by the screening runs of
-    # benchmarks/results/cifar10_hybrid/. A test every fifth epoch: a test of the 10,000
-    # images costs about as much as a sixth of an epoch's training.
+    # label smoothing 0.1, a final test with flips), and a test after every fifth epoch
+    # only, the time of the others given to training. The README's main command, under
+    # mpiexec -n 2. Chosen by the screening runs of benchmarks/results/cifar10_hybrid/.
     "hybrid": dict(
         model="hybrid_cifar_2x3",
         model_overrides={"pool": "mean", "stem_channels": (32, 64), "patch_dropout": 0.5},

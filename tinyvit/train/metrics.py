@@ -55,7 +55,7 @@ def epoch_line(record: dict, epochs) -> str:
     while a time budget has not fixed them yet); an epoch without a test says so."""
     test = (
         f"test loss {record['test_loss']:.4f} acc {100 * record['test_acc']:.2f}%"
-        if "test_acc" in record else "not tested" + " " * 21
+        if "test_acc" in record else "not tested".ljust(27)  # as wide as a test's words
     )  # fmt: skip
     return (
         f"epoch {record['epoch']:>3}/{epochs}  train loss {record['train_loss']:.4f} "
