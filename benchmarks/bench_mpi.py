@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+from tinyvit.distributed import THREAD_VARIABLES  # each process's threads, set per configuration
 
 
 def machine() -> str:

@@ -329,7 +329,7 @@ def test_started_by_mpiexec_without_mpi4py_is_one_line(tmp_path):
 # A few steps of a tiny model, with what draws at random on: flips, PatchDropout, dropout.
 FLAGS = ["--quick", "--batch-size", "32", "--eval-batch-size", "64", "--augment", "flip",
          "--patch-dropout", "0.5", "--dropout", "0.1", "--no-progress"]  # fmt: skip
-THREADS = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+THREADS = dict.fromkeys(distributed.THREAD_VARIABLES, "1")
 
 
 def job(processes, out, *flags, env=None, timeout=180):
