@@ -140,10 +140,11 @@ print(
 #   or 16 floats at once (SIMD), but only if every step of the loop body is
 #   arithmetic it has vector instructions for. ``math.erf`` is a call into the
 #   C library, one element at a time, and it stops the vectorizer. The
-#   kernel's loop (``cpu.gelu_loop``) uses the reference's own erf fit, and
-#   writes even ``e^t`` out as arithmetic (``cpu.exp_nonpositive``: a Taylor
-#   series and the bits of ``2^k``), so the whole body vectorizes. It also
-#   writes GELU's derivative, for the backward, and still wins.
+#   kernel's loop (``cpu.gelu_loop``) computes ``Phi`` from a fitted
+#   polynomial (section 4), and writes even ``e^t`` out as arithmetic
+#   (``cpu.exp_nonpositive``: a Taylor series and the bits of ``2^k``), so
+#   the whole body vectorizes. It also writes GELU's derivative, for the
+#   backward, and still wins.
 #
 # Each loop runs on one thread, then on every core (``numba.set_num_threads``).
 
@@ -228,13 +229,15 @@ print("wrote", save_figure(fig, args.out / "blocks_and_threads.png"))
 # %% [markdown]
 # ## 4. Arithmetic written out, with a stated error
 #
-# float32 keeps about seven digits. The loop's ``Phi`` is the reference's erf
-# fit (``special.py``), rearranged so that its logarithm becomes a division
-# and its exponentials ``cpu.exp_nonpositive``: in float64 it equals the
-# reference to rounding, in float32 it is within
-# ``cpu.NORMAL_CDF_FLOAT32_ERROR`` of the true CDF (the tests check both).
-# Here is that error over the inputs a GELU sees, against the float64 truth,
-# beside the reference's float32 erf.
+# float32 keeps about seven digits. The loop's ``Phi`` divides out the
+# Gaussian, ``Phi(-|x|) = e^(-x^2/2) R(s) / (1 + p a)``, and what is left,
+# ``R``, is smooth in the reference's variable ``s`` (``special.py``). In
+# float64 ``R`` is the reference's own erf fit, and the loop equals the
+# reference to rounding; in float32 it is a polynomial of degree 9 fitted to
+# ``R`` (``cpu.fit_gauss_tail_coefficients``), one exponential instead of
+# two, within ``cpu.NORMAL_CDF_FLOAT32_ERROR`` of the true CDF (the tests
+# check both). Here is that error over the inputs a GELU sees, against the
+# float64 truth, beside the reference's float32 erf.
 
 # %%
 grid = np.linspace(-8, 8, 4001 if args.quick else 40001).astype(np.float32)
@@ -252,7 +255,7 @@ if cpu is not None:
     by_loop = np.empty_like(grid)
     loop_cdf(grid, by_loop)
     loop_error = np.abs(by_loop.astype(np.float64) - truth)
-    ax.plot(grid, loop_error, lw=0.6, label="kernel: the same fit in a loop", alpha=0.8)
+    ax.plot(grid, loop_error, lw=0.6, label="kernel: the float32 fit in a loop", alpha=0.8)
     ax.axhline(cpu.NORMAL_CDF_FLOAT32_ERROR, color="C3", ls="--", lw=1, label="stated bound")
     print(f"largest error of Phi: kernel {loop_error.max():.1e}", end=", ")
 print(f"reference {np.abs(by_reference - truth).max():.1e}")

@@ -45,6 +45,12 @@ def labels(classes):
 
 # name -> (call with the op, input shapes or makers of non-contiguous inputs)
 CASES = {
+    "linear": (lambda op, x, w, b: op(x, w, b), [(3, 70, 4), (6, 4), (6,)]),
+    "linear, no bias, one row": (lambda op, x, w: op(x, w), [(1, 5), (3, 5)]),
+    "linear, not contiguous": (
+        lambda op, x, w, b: op(x, w, b),
+        [transposed((4, 5, 3)), transposed((6, 3)), (6,)],
+    ),
     "softmax": (lambda op, x: op(x, -1), [(7, 5, 7)]),
     "softmax, one row": (lambda op, x: op(x), [(1, 9)]),
     "softmax, not contiguous": (lambda op, x: op(x), [transposed((6, 5, 7))]),
@@ -126,16 +132,6 @@ def test_every_kernel_is_tested_and_replaces_a_reference_op():
     assert {op_name(c) for c in CASES} | tested_elsewhere == set(CPU_KERNELS)
     for name in CPU_KERNELS:
         assert reference_of(name).reference is dispatch.reference(name), name
-
-
-def test_linear_has_no_kernel_its_products_are_blas_already():
-    assert "linear" not in CPU_KERNELS and kernels.lookup("linear") is None
-    x, w, b = make_inputs([(3, 5, 4), (6, 4), (6,)], np.float64)
-    with kernels.using("auto"):
-        got = run(F.linear, [x, w, b], np.ones((3, 5, 6)))
-    want = run(F.linear.reference, [x, w, b], np.ones((3, 5, 6)))
-    for a, b_ in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b_)
 
 
 def test_the_cases_have_odd_shapes():
@@ -306,6 +302,16 @@ def test_normal_cdf_within_its_stated_bound():
             assert out[-4:].tolist() == [1.0, 0.0, 1.0, 0.0]
         else:
             np.testing.assert_allclose(out, normal_cdf(x), rtol=0, atol=1e-15)
+
+
+@needs_numba
+def test_the_float32_gauss_tail_fit_is_reproduced():
+    """The float32 CDF's polynomial is what ``fit_gauss_tail_coefficients`` fits, with
+    ``R(0) = 1/2`` exactly (so ``Phi(0) = 1/2``)."""
+    assert cpu.GAUSS_TAIL_COEFFICIENTS[0] == 0.5
+    np.testing.assert_allclose(
+        cpu.fit_gauss_tail_coefficients(), cpu.GAUSS_TAIL_COEFFICIENTS[1:], rtol=1e-6, atol=1e-9
+    )
 
 
 # ---------------------------------------------------------------- the switch
@@ -661,18 +667,34 @@ def test_numbas_threads_start_asleep_when_idle_and_the_environment_stays(preset)
         assert policy and policy.group(1) == (preset or "PASSIVE")
 
 
-def test_a_stack_of_products_shared_among_cores_equals_one_matmul(monkeypatch):
-    """Attention's stacks of small products, split among threads: the same numbers as one
-    ``np.matmul``, written into a strided view of the output as the packed attention
-    needs, and plain ``np.matmul`` for a stack too short to share."""
+def test_blocks_of_a_stack_cover_it_once_among_threads(monkeypatch):
+    """``in_blocks``: every item of the first axis in exactly one block of about
+    ``block_bytes``, none crossing the parts of the three threads, the calling thread
+    taking the first part (a long stack) or all of it (a short one); an exception raised
+    in a block reaches the caller."""
+    import threading
+
     monkeypatch.setattr(cpu_runtime, "product_threads", lambda: 3)
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((37, 5, 2, 9, 7)).astype(np.float32)[:, :, 1]  # (37, 5, 9, 7)
-    b = np.swapaxes(rng.standard_normal((37, 5, 6, 7)).astype(np.float32), -1, -2)
-    base = np.empty((37, 9, 5, 6), dtype=np.float32)
-    out = base.transpose(0, 2, 1, 3)  # (37, 5, 9, 6): a view no reshape could flatten
-    assert cpu_runtime.stacked_matmul(a, b, out) is out
-    np.testing.assert_array_equal(out, np.matmul(a, b))
-    short = np.empty((4, 5, 9, 6), dtype=np.float32)
-    cpu_runtime.stacked_matmul(a[:4], b[:4], short)
-    np.testing.assert_array_equal(short, np.matmul(a[:4], b[:4]))
+    array = np.zeros((100, 4, 8), dtype=np.float32)  # 128 bytes an item
+    seen, caller = [], threading.get_ident()
+
+    def work(s):
+        seen.append((s.start, s.stop, threading.get_ident() == caller))
+        array[s] += 1  # each block writes only its own slice
+
+    cpu_runtime.in_blocks(work, array, block_bytes=5 * 128)
+    assert (array == 1).all() and max(stop - start for start, stop, _ in seen) == 5
+    parts = np.linspace(0, 100, 4).astype(int)  # [0, 33, 66, 100]
+    for start, stop, on_caller in seen:
+        assert np.searchsorted(parts, start, "right") == np.searchsorted(parts, stop - 1, "right")
+        assert on_caller == (start < parts[1])
+    seen.clear()
+    short = 2 * cpu_runtime.STACK_PER_THREAD - 1  # too few items for two threads
+    cpu_runtime.in_blocks(work, array[:short], block_bytes=1)
+    assert seen == [(i, i + 1, True) for i in range(short)]
+
+    def fails(s):
+        raise ValueError(f"block {s.start}")
+
+    with pytest.raises(ValueError, match="block"):
+        cpu_runtime.in_blocks(fails, array)

@@ -7,8 +7,9 @@ results (values and gradients; ``tests/test_kernels.py`` compares them in
 float32 and float64, on one row, ragged and non-contiguous inputs),
 written for speed on one device:
 
-    kernels/cpu.py          softmax, LayerNorm, GELU, attention, cross-entropy and
-                            AdamW as loops numba compiles: one pass over memory
+    kernels/cpu.py          softmax, LayerNorm, GELU, attention, cross-entropy, AdamW
+                            and the linear layer's bias as loops numba compiles: one
+                            pass over memory
     kernels/conv_cpu.py     the convolution's im2col and col2im, and max pooling, as
                             loops numba compiles (the products stay with OpenBLAS)
     kernels/cpu_runtime.py  OpenBLAS's and numba's idle threads, the allocator

@@ -21,7 +21,7 @@ Where rows must be added together (LayerNorm's weight gradient), each part
 of the rows sums its own, and the parts are added afterwards in a fixed
 order, so the result does not depend on the number of threads.
 
-Three rules keep the loops vectorized and exact:
+Four rules keep the loops vectorized and exact:
 
 * **No library calls for e^x.** numba from PyPI has no vector math library,
   so ``math.exp`` in a loop is one scalar call per element and stops the
@@ -37,12 +37,18 @@ Three rules keep the loops vectorized and exact:
   order has the same error bound, ``(n - 1) u sum |x_i|``. The tests hold
   each kernel to its reference within it. AdamW's update uses neither, and
   equals its reference to the bit.
+* **Outputs apart from inputs.** numba cannot know whether two arrays share
+  memory, so a vectorized loop first checks at run time that its output
+  does not overlap what it reads, and where it does (a softmax written over
+  its input) runs its scalar version instead, several times slower. A loop
+  here reads one array and writes another.
 
 Each op starts numba's threads before its first loop, once, told to sleep
 when idle (``cpu_runtime.start_numba_threads``): OpenBLAS needs the cores
-between the loops. The matrix products stay with NumPy (OpenBLAS): ``linear`` has no kernel,
-and the attention hands its four products to NumPy and its softmax, scale
-and row sums to a loop. ``KERNELS`` maps each op's name to its kernel;
+between the loops. The matrix products stay with NumPy (OpenBLAS): ``linear``
+leaves only its bias, added and summed, to loops, and the attention hands
+its products to NumPy and its softmax, scale and row sums to a loop, a few
+images at a time on each core. ``KERNELS`` maps each op's name to its kernel;
 ``kernels/__init__.py`` registers them for the ``"cpu"`` device. A kernel
 imports nothing from ``functional``: the argument checks come from
 ``op_checks``, the cases it leaves to the reference (softmax along another
@@ -62,11 +68,12 @@ from ..op_checks import (
     check_attention,
     check_cross_entropy,
     check_layer_norm,
+    check_linear,
     check_self_attention,
 )
 from ..special import ERF_COEFFICIENTS, ERF_P, SQRT_2_OVER_PI, TANH_CUBIC
 from ..tensor import Tensor, as_tensor
-from .cpu_runtime import stacked_matmul, start_numba_threads
+from .cpu_runtime import in_blocks, start_numba_threads
 
 ELEMENTWISE = {"contract"}  # a * b + c rounded once (a fused multiply-add)
 ROW_SUMS = {"contract", "reassoc"}  # ...and sums added in vector lanes
@@ -79,6 +86,20 @@ INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 ROWS_PER_PART = 64  # rows summed by one iteration, for the sums over rows
 NORMAL_CDF_FLOAT32_ERROR = 1.2e-7  # max |Phi - normal_cdf_and_gauss| in float32, tested
+# R(s) of the float32 Gaussian CDF below, c0 .. c9 (fit_gauss_tail_coefficients refits c1 ..)
+GAUSS_TAIL_COEFFICIENTS = (
+    0.5,
+    -0.9104745035862861,
+    0.8040713604439419,
+    -0.23364096616173124,
+    -0.13267693628194646,
+    0.05885214279056429,
+    0.05411062719530996,
+    -0.0061673343666551195,
+    -0.036750872714463735,
+    0.015532812824494684,
+)
+GAUSS_TAIL_DEGREE = len(GAUSS_TAIL_COEFFICIENTS) - 1
 
 
 # ---------------------------------------------------------------------------
@@ -124,27 +145,64 @@ def _exp_nonpositive_for(t):
     return exp_nonpositive_body
 
 
-@njit(inline="always", fastmath=ELEMENTWISE)
 def normal_cdf_and_gauss(x):
-    """``Phi(x)`` and ``e^(-x^2 / 2)`` in ``x``'s precision, by the reference's erf fit.
+    """``Phi(x)`` and ``e^(-x^2 / 2)``; in Python, by ``math.erfc``. In a loop, numba
+    compiles the body that ``_normal_cdf_and_gauss_for`` below returns for ``x``'s type."""
+    return 0.5 * math.erfc(-x * INV_SQRT_2), math.exp(-0.5 * x * x)
 
-    ``special.normal_cdf`` takes ``Phi(-|x|) = erfc(a) / 2`` with ``a = |x| / sqrt 2``
-    and ``erfc(a) = exp(Q(s) - log1p(p a) - a^2)``, ``s = p a / (1 + p a)``. The same,
-    with the logarithm turned into a division and ``e^(-a^2) = e^(-x^2 / 2)`` kept
-    apart (GELU's derivative needs it): ``Phi(-|x|) = e^Q(s) e^(-x^2 / 2) / (2 (1 + p a))``.
-    In float64 it equals the reference to rounding; in float32 it is within
-    ``NORMAL_CDF_FLOAT32_ERROR`` of ``Phi``, as the reference's own float32 erf is.
+
+@overload(normal_cdf_and_gauss, jit_options={"fastmath": ELEMENTWISE})
+def _normal_cdf_and_gauss_for(x):
+    """``Phi(x)`` and the Gaussian ``e^(-x^2 / 2)`` (GELU's derivative needs it too), from
+    ``Phi(-|x|) = e^(-x^2 / 2) R(a) / (1 + p a)``, ``a = |x| / sqrt 2``, ``p = ERF_P``, and
+    ``Phi(|x|) = 1 - Phi(-|x|)``: nothing cancels. ``R`` is smooth, written in the
+    reference's variable ``s = p a / (1 + p a)``, which maps ``[0, inf)`` to ``[0, 1)``.
+
+    * float64: ``R(s) = e^Q(s) / 2`` with the reference's erf fit ``Q`` (``special.py``),
+      its logarithm turned into the division: the reference to rounding.
+    * float32: ``R(s)`` a polynomial of degree 9 fitted to it, ``GAUSS_TAIL_COEFFICIENTS``
+      (``fit_gauss_tail_coefficients``): one exponential instead of two, within
+      ``NORMAL_CDF_FLOAT32_ERROR`` of ``Phi``, as the reference's own float32 erf is.
     """
-    real = type(x)
-    pa = abs(x) * real(INV_SQRT_2 * ERF_P)
-    inverse = real(1.0) / (pa + real(1.0))
-    s = pa * inverse
-    q = real(ERF_COEFFICIENTS[-1])
-    for c in ERF_COEFFICIENTS[-2::-1]:  # Q(s) = s (c1 + s (c2 + ... + s c12))
-        q = q * s + real(c)
-    gauss = exp_nonpositive(real(-0.5) * x * x)
-    tail = exp_nonpositive(q * s) * gauss * (real(0.5) * inverse)  # Phi(-|x|)
-    return (tail if x < real(0.0) else real(1.0) - tail), gauss
+    single = x == types.float32
+    real = np.float32 if single else np.float64
+    a_to_pa = real(INV_SQRT_2 * ERF_P)
+    fit = GAUSS_TAIL_COEFFICIENTS if single else ERF_COEFFICIENTS
+    fit = tuple(real(c) for c in fit[::-1])  # highest power first, for Horner's rule
+
+    def normal_cdf_and_gauss_body(x):
+        pa = abs(x) * a_to_pa
+        inverse = real(1.0) / (pa + real(1.0))
+        s = pa * inverse
+        r = fit[0]
+        for n in range(1, len(fit)):
+            r = r * s + fit[n]
+        if not single:  # r = Q(s) / s, the reference's fit: R = e^Q / 2
+            r = real(0.5) * exp_nonpositive(r * s)
+        gauss = exp_nonpositive(real(-0.5) * x * x)
+        tail = gauss * r * inverse  # Phi(-|x|)
+        return (tail if x < real(0.0) else real(1.0) - tail), gauss
+
+    return normal_cdf_and_gauss_body
+
+
+def fit_gauss_tail_coefficients(degree=GAUSS_TAIL_DEGREE) -> np.ndarray:
+    """Refit ``R(s) = 1/2 + c1 s + ... + c_degree s^degree`` (``R(0) = 1/2`` exactly, so
+    ``Phi(0) = 1/2``) by least squares on its relative error, against ``math.erfc``.
+
+    On 60,000 points of ``a`` in ``[0, 13.5]``, where ``e^(-x^2 / 2)`` still is a
+    float32; further out ``Phi(-|x|)`` is 0 in float32. Returns ``c1 .. c_degree``.
+    """
+    a = np.concatenate(
+        [np.linspace(0, 2, 20000), np.linspace(2, 6, 20000), np.linspace(6, 13.5, 20000)]
+    )
+    pa = a * (INV_SQRT_2 * ERF_P)
+    s = pa / (1.0 + pa)
+    tail = np.array([0.5 * math.erfc(v * INV_SQRT_2) for v in a])
+    r = tail * (1.0 + pa) / np.exp(-0.5 * a * a)  # R(s), the target
+    powers = s[:, None] ** np.arange(1, degree + 1) / r[:, None]  # (points, degree)
+    coefficients, *_ = np.linalg.lstsq(powers, 1.0 - 0.5 / r, rcond=None)
+    return coefficients
 
 
 @njit(inline="always", fastmath=ELEMENTWISE)
@@ -197,10 +255,32 @@ def multiply_loop(a, b, out):
         out[i] = a[i] * b[i]
 
 
+@njit(parallel=True, cache=True)
+def add_bias_loop(y, bias):
+    """``y += bias`` on every row: the linear layer's bias, added where the product left it."""
+    rows, n = y.shape
+    for i in prange(rows):
+        for j in range(n):
+            y[i, j] += bias[j]
+
+
 @njit(parallel=True, cache=True, fastmath=ROW_SUMS)
-def softmax_loop(x, y, scale):
-    """``y = softmax(scale x)`` row by row (``y`` may be ``x``): the rows' maxima, then in
-    each row ``e = exp(scale x - max)`` and its sum, then ``e / sum``.
+def column_sums_loop(g, parts):
+    """``parts[p]`` = the sum of rows ``p * ROWS_PER_PART ...`` of ``g``: the bias's gradient
+    in parts, one per iteration, added afterwards in a fixed order."""
+    rows, n = g.shape
+    real = g.dtype.type
+    for part in prange(parts.shape[0]):
+        parts[part, :] = real(0.0)
+        for i in range(part * ROWS_PER_PART, min(rows, (part + 1) * ROWS_PER_PART)):
+            for j in range(n):
+                parts[part, j] += g[i, j]
+
+
+@njit(nogil=True, cache=True, fastmath=ROW_SUMS)
+def softmax_rows(x, y, scale):
+    """``y = softmax(scale x)`` row by row (``y`` may be ``x``), on the calling thread: the
+    rows' maxima, then in each row ``e = exp(scale x - max)`` and its sum, then ``e / sum``.
 
     The maxima come first, in a loop of their own: a running maximum is a chain
     in which each step waits for the one before, and with every row's chain
@@ -209,12 +289,12 @@ def softmax_loop(x, y, scale):
     rows, n = x.shape
     real = x.dtype.type
     top = np.empty(rows, dtype=x.dtype)
-    for i in prange(rows):
+    for i in range(rows):
         largest = scale * x[i, 0]
         for j in range(1, n):
             largest = max(largest, scale * x[i, j])
         top[i] = largest
-    for i in prange(rows):
+    for i in range(rows):
         total = real(0.0)
         for j in range(n):
             e = exp_nonpositive(scale * x[i, j] - top[i])
@@ -225,17 +305,35 @@ def softmax_loop(x, y, scale):
             y[i, j] *= inverse
 
 
-@njit(parallel=True, cache=True, fastmath=ROW_SUMS)
-def softmax_backward_loop(y, g, gx, scale):
-    """``gx = y (g - sum(g y)) scale`` row by row (``gx`` may be ``g``)."""
+@njit(nogil=True, cache=True, fastmath=ROW_SUMS)
+def softmax_backward_rows(y, g, gx, scale):
+    """``gx = y (g - sum(g y)) scale`` row by row (``gx`` may be ``g``), on the calling thread."""
     rows, n = y.shape
     real = y.dtype.type
-    for i in prange(rows):
+    for i in range(rows):
         total = real(0.0)
         for j in range(n):
             total += g[i, j] * y[i, j]
         for j in range(n):
             gx[i, j] = y[i, j] * (g[i, j] - total) * scale
+
+
+@njit(parallel=True, cache=True)
+def softmax_loop(x, y, scale):
+    """``softmax_rows`` on every core, each iteration ``ROWS_PER_PART`` rows."""
+    rows = x.shape[0]
+    for part in prange(-(-rows // ROWS_PER_PART)):
+        lo, hi = part * ROWS_PER_PART, min(rows, (part + 1) * ROWS_PER_PART)
+        softmax_rows(x[lo:hi], y[lo:hi], scale)
+
+
+@njit(parallel=True, cache=True)
+def softmax_backward_loop(y, g, gx, scale):
+    """``softmax_backward_rows`` on every core, each iteration ``ROWS_PER_PART`` rows."""
+    rows = y.shape[0]
+    for part in prange(-(-rows // ROWS_PER_PART)):
+        lo, hi = part * ROWS_PER_PART, min(rows, (part + 1) * ROWS_PER_PART)
+        softmax_backward_rows(y[lo:hi], g[lo:hi], gx[lo:hi], scale)
 
 
 @njit(parallel=True, cache=True, fastmath=ROW_SUMS)
@@ -338,6 +436,39 @@ def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
 
+def _parts(rows):
+    """How many parts of ``ROWS_PER_PART`` rows the sums over ``rows`` rows are made in."""
+    return -(-rows // ROWS_PER_PART)
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """The products stay with NumPy (OpenBLAS); the bias is added, and its gradient summed,
+    by loops on every core rather than by NumPy on one."""
+    x, weight, bias = check_linear(x, weight, bias)
+    if x.dtype not in LOOP_DTYPES:
+        return dispatch.reference("linear")(x, weight, bias)
+    start_numba_threads()
+    x2 = x.data.reshape(-1, x.shape[-1])  # (M, in)
+    y = x2 @ weight.data.T  # (M, out)
+    if bias is not None:
+        add_bias_loop(y, np.ascontiguousarray(bias.data))
+
+    def backward(g):
+        g2 = _rows(g)  # (M, out)
+        gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None
+        gw = g2.T @ x2 if weight.requires_grad else None  # (out, in)
+        gb = None
+        if bias is not None and bias.requires_grad:
+            parts = np.empty((_parts(g2.shape[0]), g2.shape[1]), dtype=g2.dtype)
+            column_sums_loop(g2, parts)
+            gb = parts.sum(axis=0)  # (out,)
+        return gx, gw, gb
+
+    return Tensor.from_op(
+        y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight, bias), backward, "linear"
+    )
+
+
 def softmax(x, axis=-1) -> Tensor:
     x = as_tensor(x)
     if axis not in (-1, x.ndim - 1) or x.dtype not in LOOP_DTYPES:
@@ -393,7 +524,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-6) -> Tensor:
     layer_norm_loop(rows, w, b, real(eps), y, mean, rstd)
 
     def backward(g):
-        parts = -(-rows.shape[0] // ROWS_PER_PART)
+        parts = _parts(rows.shape[0])
         gx = np.empty(rows.shape, dtype=x.dtype)
         gw_parts = np.empty((parts, dim), dtype=x.dtype)
         gb_parts = np.empty((parts, dim), dtype=x.dtype)
@@ -428,29 +559,42 @@ def gelu(x, approximate="none") -> Tensor:
 
 
 # ---------------------------------------------------------------------------
-# attention: products by NumPy, the softmax and the row sums by the loops above
+# attention: products by NumPy, the softmax and the row sums by the loops above,
+# a few images at a time on each core (cpu_runtime.in_blocks)
 # ---------------------------------------------------------------------------
 
 
 def _attention(q, k, v, out, scale):
-    """``attn = softmax(scale q k^T)`` (returned, ``(..., N, M)``) and ``out = attn v``."""
-    attn = np.empty((*q.shape[:-1], k.shape[-2]), dtype=q.dtype)  # (..., N, M), C order
-    stacked_matmul(q, np.swapaxes(k, -1, -2), attn)
-    rows = attn.reshape(-1, attn.shape[-1])  # a view: the loop writes into attn
-    softmax_loop(rows, rows, scale)  # Eq. 6, in place
-    stacked_matmul(attn, v, out)  # Eq. 7: (..., N, dv)
+    """``attn = softmax(scale q k^T)`` (returned, ``(S, ..., N, M)``) and ``out = attn v``,
+    block by block of the first axis: a block's ``attn`` is still in the core's cache
+    when the second product reads it."""
+    attn = np.empty((*q.shape[:-1], k.shape[-2]), dtype=q.dtype)  # (S, ..., N, M), C order
+
+    def block(s):
+        a = attn[s]
+        scores = np.matmul(q[s], np.swapaxes(k[s], -1, -2), out=np.empty_like(a))
+        softmax_rows(scores.reshape(-1, a.shape[-1]), a.reshape(-1, a.shape[-1]), scale)  # Eq. 6
+        np.matmul(a, v[s], out=out[s])  # Eq. 7: (b, ..., N, dv)
+
+    in_blocks(block, attn)
     return attn
 
 
 def _attention_backward(g, q, k, v, attn, scale, gq, gk, gv):
-    """``dV = A^T g``; ``dS = scale A (g V^T - rowsum)``; ``dQ = dS K``, ``dK = dS^T Q``."""
-    stacked_matmul(np.swapaxes(attn, -1, -2), g, gv)
-    ds = np.empty(attn.shape, dtype=attn.dtype)  # C order, as the loop needs
-    stacked_matmul(g, np.swapaxes(v, -1, -2), ds)  # dA: (..., N, M)
-    rows = ds.reshape(-1, ds.shape[-1])
-    softmax_backward_loop(attn.reshape(rows.shape), rows, rows, scale)  # in place
-    stacked_matmul(ds, k, gq)
-    stacked_matmul(np.swapaxes(ds, -1, -2), q, gk)
+    """``dV = A^T g``; ``dS = scale A (g V^T - rowsum)``; ``dQ = dS K``, ``dK = dS^T Q``,
+    block by block as the forward."""
+
+    def block(s):
+        a = attn[s]
+        np.matmul(np.swapaxes(a, -1, -2), g[s], out=gv[s])
+        da = np.matmul(g[s], np.swapaxes(v[s], -1, -2), out=np.empty_like(a))  # dA
+        ds = np.empty_like(a)
+        rows = (-1, a.shape[-1])
+        softmax_backward_rows(a.reshape(rows), da.reshape(rows), ds.reshape(rows), scale)
+        np.matmul(ds, k[s], out=gq[s])
+        np.matmul(np.swapaxes(ds, -1, -2), q[s], out=gk[s])
+
+    in_blocks(block, attn)
 
 
 def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
@@ -459,16 +603,21 @@ def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
         return dispatch.reference("scaled_dot_product_attention")(q, k, v, scale, need_weights)
     start_numba_threads()
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-    out = np.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)  # (..., N, dv)
-    attn = _attention(q.data, k.data, v.data, out, scale)
+    lead = q.shape[:-2]
+    q3, k3, v3 = (t.data.reshape(-1, *t.shape[-2:]) for t in (q, k, v))  # (S, ., .)
+    out = np.empty((*q3.shape[:-1], v.shape[-1]), dtype=q.dtype)  # (S, N, dv)
+    attn = _attention(q3, k3, v3, out, scale)  # (S, N, M)
 
     def backward(g):
-        grads = [np.empty(t.shape, dtype=t.dtype) for t in (q, k, v)]
-        _attention_backward(g, q.data, k.data, v.data, attn, scale, *grads)
-        return tuple(a if t.requires_grad else None for a, t in zip(grads, (q, k, v)))
+        grads = [np.empty(t.shape, dtype=t.dtype) for t in (q3, k3, v3)]
+        g3 = g.reshape(out.shape)
+        _attention_backward(g3, q3, k3, v3, attn, scale, *grads)
+        return tuple(
+            a.reshape(t.shape) if t.requires_grad else None for a, t in zip(grads, (q, k, v))
+        )
 
-    result = Tensor.from_op(out, (q, k, v), backward, "attention")
-    return (result, attn) if need_weights else result
+    result = Tensor.from_op(out.reshape(*lead, *out.shape[1:]), (q, k, v), backward, "attention")
+    return (result, attn.reshape(*lead, *attn.shape[1:])) if need_weights else result
 
 
 def self_attention(qkv, heads, need_weights=False):
@@ -525,6 +674,7 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_
 
 
 KERNELS = {
+    "linear": linear,
     "softmax": softmax,
     "cross_entropy": cross_entropy,
     "layer_norm": layer_norm,

@@ -14,11 +14,15 @@ which OpenMP reads when numba starts them: the kernels start them so,
 before their first loop (``start_numba_threads``), in every program.
 
 **Stacks of small products.** Attention multiplies one small matrix pair per
-image and head (65 x 32 by 32 x 65 for a CIFAR model). ``np.matmul`` runs
+image and head (65 x 64 by 64 x 65 for a CIFAR model). ``np.matmul`` runs
 such a stack one product after another on one core, and OpenBLAS does not
-thread products this small; ``stacked_matmul`` gives each core a part of the
+thread products this small; ``in_blocks`` gives each core a part of the
 stack, on threads of its own (NumPy lets go of the interpreter's lock inside
-a product, so they run at once).
+a product, and so do the kernels' loops compiled with ``nogil``, so they run
+at once). Each core takes its part a few images at a time, and runs all of
+the attention's work on those images before the next: their attention
+matrices stay in the core's cache from the product that writes them to the
+product that reads them.
 
 **Several processes on one machine.** OpenBLAS and numba each start a
 thread per core. Two processes of one run (``mpiexec -n 2`` on two cores)
@@ -191,8 +195,9 @@ def thread_note() -> str:
 # stacks of small products
 # ---------------------------------------------------------------------------
 
-_pool, _threads = None, None  # _threads: limit_threads's count
-STACK_PER_THREAD = 8  # fewer products a thread than this: one thread does them all
+_pools, _threads = {}, None  # helper threads by their number; limit_threads's count
+BLOCK_BYTES = 1 << 19  # a block of a stack: about this many bytes of it, well inside a core's L2
+STACK_PER_THREAD = 8  # fewer items a thread than this: one thread does them all
 
 
 def product_threads() -> int:
@@ -208,26 +213,34 @@ def product_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def stacked_matmul(a, b, out):
-    """``np.matmul(a, b, out=out)`` for stacks of products ``(S, ..., n, k) @ (S, ..., k,
-    m)``, each core taking a part of the first axis (``out`` may be any strided view); the
-    same numbers as one ``np.matmul``, product for product."""
-    global _pool
-    threads = product_threads()
-    stack = out.shape[0] if out.ndim > 2 else 0
-    same = a.shape[:-2] == b.shape[:-2] == out.shape[:-2]
-    if threads < 2 or not same or stack < 2 * STACK_PER_THREAD:
-        return np.matmul(a, b, out=out)
-    if _pool is None:
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="tinyvit-matmul")
+def in_blocks(work, array, block_bytes=BLOCK_BYTES):
+    """Call ``work(s)`` for slices ``s`` of ``array``'s first axis that together cover it,
+    each of about ``block_bytes`` of ``array`` (at least one item), every thread taking
+    the blocks of one contiguous part of the axis.
+
+    ``work`` must let go of the interpreter's lock for its time to run on all the
+    cores at once (NumPy's products do, and the loops compiled with ``nogil``), and
+    must write only into its own slice of the outputs. A stack shorter than
+    ``STACK_PER_THREAD`` items a thread runs on the calling thread alone.
+    """
+    stack = array.shape[0]
+    per_block = max(1, block_bytes // max(1, array[:1].nbytes))
+    threads = min(product_threads(), stack // STACK_PER_THREAD)
+
+    def run_part(lo, hi):
+        for start in range(lo, hi, per_block):
+            work(slice(start, min(hi, start + per_block)))
+
+    if threads < 2:
+        return run_part(0, stack)
+    pool = _pools.get(threads - 1)
+    if pool is None:
+        pool = _pools[threads - 1] = ThreadPoolExecutor(threads - 1, "tinyvit-blocks")
     bounds = np.linspace(0, stack, threads + 1).astype(int)
-    parts = [
-        _pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
-        for lo, hi in zip(bounds, bounds[1:])
-    ]
-    for part in parts:
-        part.result()
-    return out
+    others = [pool.submit(run_part, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    run_part(0, bounds[1])  # the calling thread takes the first part itself
+    for part in others:
+        part.result()  # raises what a block raised
 
 
 # ---------------------------------------------------------------------------
