@@ -27,6 +27,7 @@ import pytest
 import tinyvit
 import tinyvit.functional as F
 from tinyvit import Tensor, conv, dispatch, gradcheck, kernels, optim
+from tinyvit import tensor as tensor_module
 from tinyvit.backend import to_numpy
 from tinyvit.kernels import cpu, cpu_runtime
 
@@ -120,15 +121,18 @@ def run(fn, inputs, upstream):
 
 
 def reference_of(name):
-    """The reference op a kernel replaces: ``functional``'s, ``conv``'s, or
-    ``optim.adamw_update``."""
-    return getattr(F, name, None) or getattr(conv, name, None) or getattr(optim, name)
+    """The reference op a kernel replaces: ``functional``'s, ``conv``'s, ``optim.adamw_update``
+    or ``tensor.add_arrays``."""
+    for module in (F, conv, optim, tensor_module):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(name)
 
 
 @needs_numba
 def test_every_kernel_is_tested_and_replaces_a_reference_op():
     # conv2d and max_pool2d: against their references in tests/test_conv.py
-    tested_elsewhere = {"adamw_update", "conv2d", "max_pool2d"}
+    tested_elsewhere = {"adamw_update", "add_arrays", "conv2d", "max_pool2d"}
     assert {op_name(c) for c in CASES} | tested_elsewhere == set(CPU_KERNELS)
     for name in CPU_KERNELS:
         assert reference_of(name).reference is dispatch.reference(name), name
@@ -302,6 +306,48 @@ def test_normal_cdf_within_its_stated_bound():
             assert out[-4:].tolist() == [1.0, 0.0, 1.0, 0.0]
         else:
             np.testing.assert_allclose(out, normal_cdf(x), rtol=0, atol=1e-15)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adding_arrays_on_every_core_equals_numpy_to_the_bit(dtype, monkeypatch):
+    """Large arrays of one shape are added by the loop, to the bit (one rounding each, as
+    NumPy's); broadcasting, a number, a small or a non-contiguous array go to NumPy."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((3, cpu.ADD_ON_CORES // 3 + 7)).astype(dtype) for _ in range(2))
+    loop, calls = cpu.add_loop, []
+    monkeypatch.setattr(cpu, "add_loop", lambda *arrays: calls.append(1) or loop(*arrays))
+    kernel = CPU_KERNELS["add_arrays"]
+    out = kernel(a, b)
+    assert calls == [1] and out.dtype == dtype
+    np.testing.assert_array_equal(out, a + b)
+    strided = np.asfortranarray(b)  # not C order
+    for x, y in [(a, b[:1]), (a, dtype(2.5)), (a[:, :5].copy(), b[:, :5].copy()), (a, strided)]:
+        np.testing.assert_array_equal(kernel(x, y), x + y)
+    assert calls == [1]
+
+
+@needs_numba
+def test_a_residual_and_its_gradients_are_added_by_the_kernel(monkeypatch):
+    """``Tensor.__add__`` and the backward's sum of a tensor's gradients both go through
+    ``add_arrays``: with the kernel, a residual block's values and gradients are those of
+    the reference path."""
+    calls = []
+    kernel = CPU_KERNELS["add_arrays"]
+    monkeypatch.setitem(CPU_KERNELS, "add_arrays", lambda a, b: calls.append(1) or kernel(a, b))
+    rng = np.random.default_rng(0)
+    x, weights = (rng.standard_normal((4, 65, 300)).astype(np.float32) for _ in range(2))
+    x = Tensor(x, requires_grad=True)
+    results = []
+    for mode in ("auto", "reference"):
+        with kernels.using(mode):
+            x.grad = None
+            y = x + F.gelu(x)  # x used twice: its two gradients are added up
+            (y * weights).sum().backward()
+            results.append((y.data, x.grad))
+    assert len(calls) == 2  # the forward's sum and the backward's, with the kernels only
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
 
 
 @needs_numba

@@ -8,9 +8,9 @@ The package follows the paper's data flow, low to high:
     files       files written atomically; folders checked before a run
     progress    progress bars on a terminal, and nowhere else
     images      photos from files, and the preprocessing that makes one a model's input
+    dispatch    which code runs an op: its reference, or the kernel of its device
     tensor      Tensor, the graph and backward()
     op_checks   the ops' arguments checked, for the reference and the kernels alike
-    dispatch    which code runs an op: its reference, or the kernel of its device
     functional  the ViT's layers as ops with hand-written backwards: the reference
     conv        a CNN's layers (convolution, ReLU, max pooling, GroupNorm) as ops, the same way
     kernels     the same ops made fast for a device, registered in dispatch

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import backend
 from .backend import xp_of
+from .dispatch import replaceable
 from .special import erf as _erf
 
 _grad_enabled = True
@@ -66,6 +67,15 @@ def unbroadcast(grad, shape):
         lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1
     )
     return grad.sum(axis=axes).reshape(shape)
+
+
+@replaceable
+def add_arrays(a, b):
+    """``a + b`` of two arrays, NumPy's broadcasting and all: the sum of ``Tensor.__add__``
+    (a residual connection), and where the backward adds up the gradients of a tensor
+    used several times. An op a device may replace: NumPy adds on one core, and the
+    CPU's kernel adds large arrays of one shape on all of them."""
+    return a + b
 
 
 def _normalize_axis(axis, ndim):
@@ -218,7 +228,7 @@ class Tensor:
                         f"{pg.shape} for an input of shape {parent.shape}"
                     )
                 # a tensor used several times adds up the gradients of its uses
-                grads[id(parent)] = grads[id(parent)] + pg if id(parent) in grads else pg
+                grads[id(parent)] = add_arrays(grads[id(parent)], pg) if id(parent) in grads else pg
             if not retain_graph:  # free what this node kept for its backward
                 node._parents, node._backward = (), _graph_freed
 
@@ -318,7 +328,7 @@ class Tensor:
             gb = unbroadcast(g, b_shape) if b is not None and b.requires_grad else None
             return unbroadcast(g, a_shape), gb
 
-        return Tensor.from_op(self.data + b_data, (self, b), backward, "add")
+        return Tensor.from_op(add_arrays(self.data, b_data), (self, b), backward, "add")
 
     __radd__ = __add__
 

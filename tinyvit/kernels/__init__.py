@@ -7,9 +7,11 @@ results (values and gradients; ``tests/test_kernels.py`` compares them in
 float32 and float64, on one row, ragged and non-contiguous inputs),
 written for speed on one device:
 
-    kernels/cpu.py          softmax, LayerNorm, GELU, attention, cross-entropy, AdamW
-                            and the linear layer's bias as loops numba compiles: one
-                            pass over memory
+    kernels/cpu.py          softmax (attention's too), LayerNorm, GELU, cross-entropy,
+                            AdamW, the linear layer's bias and the sum of two large
+                            arrays as loops numba compiles: one pass over memory
+    kernels/attention_cpu.py  attention: NumPy's products and cpu.py's softmax, a few
+                            images at a time on each core
     kernels/conv_cpu.py     the convolution's im2col and col2im, and max pooling, as
                             loops numba compiles (the products stay with OpenBLAS)
     kernels/cpu_runtime.py  OpenBLAS's and numba's idle threads, the allocator
@@ -56,16 +58,17 @@ from ..dispatch import (
 from . import cpu_runtime, cuda
 
 try:
-    from . import conv_cpu, cpu  # need numba
+    from . import attention_cpu, conv_cpu, cpu  # need numba
 except ImportError as error:  # numba missing, or unable to load: the reference runs
     if error.name not in ("numba", "llvmlite") and "numba" not in str(error).lower():
         raise
-    conv_cpu = cpu = None
+    attention_cpu = conv_cpu = cpu = None
     NUMBA_PROBLEM = f"numba is not importable ({error}): pip install numba"
     dispatch.register("cpu", {}, note=lambda: NUMBA_PROBLEM)
 else:
     NUMBA_PROBLEM = None
-    dispatch.register("cpu", {**cpu.KERNELS, **conv_cpu.KERNELS}, note=cpu_runtime.thread_note)
+    kernels = {**cpu.KERNELS, **attention_cpu.KERNELS, **conv_cpu.KERNELS}
+    dispatch.register("cpu", kernels, note=cpu_runtime.thread_note)
 dispatch.register("cuda", cuda.KERNELS)
 
 

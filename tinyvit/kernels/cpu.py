@@ -46,10 +46,11 @@ Four rules keep the loops vectorized and exact:
 Each op starts numba's threads before its first loop, once, told to sleep
 when idle (``cpu_runtime.start_numba_threads``): OpenBLAS needs the cores
 between the loops. The matrix products stay with NumPy (OpenBLAS): ``linear``
-leaves only its bias, added and summed, to loops, and the attention hands
-its products to NumPy and its softmax, scale and row sums to a loop, a few
-images at a time on each core. ``KERNELS`` maps each op's name to its kernel;
-``kernels/__init__.py`` registers them for the ``"cpu"`` device. A kernel
+leaves only its bias, added and summed, to loops, and the attention
+(``attention_cpu.py``) hands its products to NumPy and its softmax, scale and
+row sums to ``softmax_rows`` and ``softmax_backward_rows``. ``KERNELS`` maps
+each op's name to its kernel; ``kernels/__init__.py`` registers them for the
+``"cpu"`` device. A kernel
 imports nothing from ``functional``: the argument checks come from
 ``op_checks``, the cases it leaves to the reference (softmax along another
 axis, float16) from ``dispatch.reference``.
@@ -64,16 +65,10 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import dispatch
-from ..op_checks import (
-    check_attention,
-    check_cross_entropy,
-    check_layer_norm,
-    check_linear,
-    check_self_attention,
-)
+from ..op_checks import check_cross_entropy, check_layer_norm, check_linear
 from ..special import ERF_COEFFICIENTS, ERF_P, SQRT_2_OVER_PI, TANH_CUBIC
 from ..tensor import Tensor, as_tensor
-from .cpu_runtime import in_blocks, start_numba_threads
+from .cpu_runtime import start_numba_threads
 
 ELEMENTWISE = {"contract"}  # a * b + c rounded once (a fused multiply-add)
 ROW_SUMS = {"contract", "reassoc"}  # ...and sums added in vector lanes
@@ -85,6 +80,7 @@ LN2_LO = -2.1219444005469058277e-4  # ln 2 - LN2_HI
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 ROWS_PER_PART = 64  # rows summed by one iteration, for the sums over rows
+ADD_ON_CORES = 1 << 16  # fewer elements than this: NumPy adds them on one core, sooner
 NORMAL_CDF_FLOAT32_ERROR = 1.2e-7  # max |Phi - normal_cdf_and_gauss| in float32, tested
 # R(s) of the float32 Gaussian CDF below, c0 .. c9 (fit_gauss_tail_coefficients refits c1 ..)
 GAUSS_TAIL_COEFFICIENTS = (
@@ -253,6 +249,13 @@ def multiply_loop(a, b, out):
     """``out = a * b``, element by element."""
     for i in prange(a.size):
         out[i] = a[i] * b[i]
+
+
+@njit(parallel=True, cache=True)
+def add_loop(a, b, out):
+    """``out = a + b``, element by element."""
+    for i in prange(a.size):
+        out[i] = a[i] + b[i]
 
 
 @njit(parallel=True, cache=True)
@@ -558,96 +561,22 @@ def gelu(x, approximate="none") -> Tensor:
     return Tensor.from_op(y.reshape(x.shape), (x,), backward, "gelu")
 
 
-# ---------------------------------------------------------------------------
-# attention: products by NumPy, the softmax and the row sums by the loops above,
-# a few images at a time on each core (cpu_runtime.in_blocks)
-# ---------------------------------------------------------------------------
-
-
-def _attention(q, k, v, out, scale):
-    """``attn = softmax(scale q k^T)`` (returned, ``(S, ..., N, M)``) and ``out = attn v``,
-    block by block of the first axis: a block's ``attn`` is still in the core's cache
-    when the second product reads it."""
-    attn = np.empty((*q.shape[:-1], k.shape[-2]), dtype=q.dtype)  # (S, ..., N, M), C order
-
-    def block(s):
-        a = attn[s]
-        scores = np.matmul(q[s], np.swapaxes(k[s], -1, -2), out=np.empty_like(a))
-        softmax_rows(scores.reshape(-1, a.shape[-1]), a.reshape(-1, a.shape[-1]), scale)  # Eq. 6
-        np.matmul(a, v[s], out=out[s])  # Eq. 7: (b, ..., N, dv)
-
-    in_blocks(block, attn)
-    return attn
-
-
-def _attention_backward(g, q, k, v, attn, scale, gq, gk, gv):
-    """``dV = A^T g``; ``dS = scale A (g V^T - rowsum)``; ``dQ = dS K``, ``dK = dS^T Q``,
-    block by block as the forward."""
-
-    def block(s):
-        a = attn[s]
-        np.matmul(np.swapaxes(a, -1, -2), g[s], out=gv[s])
-        da = np.matmul(g[s], np.swapaxes(v[s], -1, -2), out=np.empty_like(a))  # dA
-        ds = np.empty_like(a)
-        rows = (-1, a.shape[-1])
-        softmax_backward_rows(a.reshape(rows), da.reshape(rows), ds.reshape(rows), scale)
-        np.matmul(ds, k[s], out=gq[s])
-        np.matmul(np.swapaxes(ds, -1, -2), q[s], out=gk[s])
-
-    in_blocks(block, attn)
-
-
-def scaled_dot_product_attention(q, k, v, scale=None, need_weights=False):
-    q, k, v = check_attention(q, k, v)
-    if q.dtype not in LOOP_DTYPES:
-        return dispatch.reference("scaled_dot_product_attention")(q, k, v, scale, need_weights)
+def add_arrays(a, b):
+    """``a + b`` on every core, for two arrays of one shape, dtype and C order with at least
+    ``ADD_ON_CORES`` elements (residual connections and gradients added up); anything else
+    (broadcasting, a number, a small array) is NumPy's ``a + b``."""
+    same = isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+    if (
+        not same
+        or a.dtype not in LOOP_DTYPES
+        or a.size < ADD_ON_CORES
+        or not (a.flags.c_contiguous and b.flags.c_contiguous)
+    ):
+        return dispatch.reference("add_arrays")(a, b)
     start_numba_threads()
-    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-    lead = q.shape[:-2]
-    q3, k3, v3 = (t.data.reshape(-1, *t.shape[-2:]) for t in (q, k, v))  # (S, ., .)
-    out = np.empty((*q3.shape[:-1], v.shape[-1]), dtype=q.dtype)  # (S, N, dv)
-    attn = _attention(q3, k3, v3, out, scale)  # (S, N, M)
-
-    def backward(g):
-        grads = [np.empty(t.shape, dtype=t.dtype) for t in (q3, k3, v3)]
-        g3 = g.reshape(out.shape)
-        _attention_backward(g3, q3, k3, v3, attn, scale, *grads)
-        return tuple(
-            a.reshape(t.shape) if t.requires_grad else None for a, t in zip(grads, (q, k, v))
-        )
-
-    result = Tensor.from_op(out.reshape(*lead, *out.shape[1:]), (q, k, v), backward, "attention")
-    return (result, attn.reshape(*lead, *attn.shape[1:])) if need_weights else result
-
-
-def self_attention(qkv, heads, need_weights=False):
-    """The packed form without copies: ``q, k, v`` are strided views of ``qkv``, the
-    heads' outputs are written straight into ``(B, N, heads, D_h)`` order, and the
-    backward writes the three gradients straight into one ``(B, N, 3D)`` array."""
-    qkv = check_self_attention(qkv, heads)
-    if qkv.dtype not in LOOP_DTYPES:
-        return dispatch.reference("self_attention")(qkv, heads, need_weights)
-    start_numba_threads()
-    B, N, three_d = qkv.shape
-    head_dim = three_d // (3 * heads)
-    scale = qkv.dtype.type(1.0 / math.sqrt(head_dim))
-    split = qkv.data.reshape(B, N, 3, heads, head_dim)  # a view when qkv is contiguous
-
-    def heads_first(a, i):  # (B, N, ., heads, D_h) -> (B, heads, N, D_h), a view
-        return a[:, :, i].transpose(0, 2, 1, 3)
-
-    q, k, v = (heads_first(split, i) for i in range(3))
-    out = np.empty((B, N, heads, head_dim), dtype=qkv.dtype)  # heads side by side
-    attn = _attention(q, k, v, out.transpose(0, 2, 1, 3), scale)  # (B, heads, N, N)
-
-    def backward(g):
-        grad = np.empty((B, N, 3, heads, head_dim), dtype=qkv.dtype)
-        g4 = g.reshape(B, N, heads, head_dim).transpose(0, 2, 1, 3)  # (B, heads, N, D_h)
-        _attention_backward(g4, q, k, v, attn, scale, *(heads_first(grad, i) for i in range(3)))
-        return (grad.reshape(B, N, three_d),)
-
-    result = Tensor.from_op(out.reshape(B, N, three_d // 3), (qkv,), backward, "self_attention")
-    return (result, attn) if need_weights else result
+    out = np.empty(a.shape, dtype=a.dtype)
+    add_loop(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -674,12 +603,11 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, weight_
 
 
 KERNELS = {
+    "add_arrays": add_arrays,
     "linear": linear,
     "softmax": softmax,
     "cross_entropy": cross_entropy,
     "layer_norm": layer_norm,
     "gelu": gelu,
-    "scaled_dot_product_attention": scaled_dot_product_attention,
-    "self_attention": self_attention,
     "adamw_update": adamw_update,
 }

@@ -14,15 +14,12 @@ which OpenMP reads when numba starts them: the kernels start them so,
 before their first loop (``start_numba_threads``), in every program.
 
 **Stacks of small products.** Attention multiplies one small matrix pair per
-image and head (65 x 64 by 64 x 65 for a CIFAR model). ``np.matmul`` runs
-such a stack one product after another on one core, and OpenBLAS does not
-thread products this small; ``in_blocks`` gives each core a part of the
-stack, on threads of its own (NumPy lets go of the interpreter's lock inside
-a product, and so do the kernels' loops compiled with ``nogil``, so they run
-at once). Each core takes its part a few images at a time, and runs all of
-the attention's work on those images before the next: their attention
-matrices stay in the core's cache from the product that writes them to the
-product that reads them.
+image and head. ``np.matmul`` runs such a stack one product after another on
+one core, and OpenBLAS does not thread products this small; ``in_blocks``
+gives each core a part of the stack, on threads of its own (NumPy lets go of
+the interpreter's lock inside a product, and so do the loops compiled with
+``nogil``, so they run at once), a block of a few images at a time
+(``attention_cpu.py``).
 
 **Several processes on one machine.** OpenBLAS and numba each start a
 thread per core. Two processes of one run (``mpiexec -n 2`` on two cores)
