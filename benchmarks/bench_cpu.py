@@ -17,7 +17,11 @@ Each contestant lives in a process of its own, and the parent asks them for
 one step in turn, round after round, so that all of them see the same
 machine at the same moments; the median over the rounds after a warm-up is
 reported. The peak memory of each is the growth of its resident set from
-before its first step to its high-water mark.
+before its first step to its high-water mark. tinyvit's includes what its
+first step loads, whatever the model: the kernels' machine code and
+numba's threads; ``first_step_loading_mb`` is that, measured apart as the
+first step of a two-image model in a fresh process (with the kernels and
+on the reference ops).
 
 The first step of each contestant is reported apart from the steady ones
 (``first_step_s``): tinyvit's includes loading its compiled loops from
@@ -323,6 +327,33 @@ def first_step_cold_cache(config_name, args, env):
     return cold.first_step_s
 
 
+LOADING_PROBE = """
+import json, numpy as np, tinyvit, tinyvit.functional as F
+from tinyvit.optim import AdamW
+def rss():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
+tinyvit.kernels.configure_process()
+model = tinyvit.ViT(image_size=8, patch_size=4, num_classes=2, dim=8, depth=1, heads=1, mlp_dim=8)
+optimizer, before = AdamW(model, lr=1e-3), rss()
+F.cross_entropy(model(np.zeros((2, 3, 8, 8), np.float32)), [0, 1]).backward()
+optimizer.step()
+print(json.dumps(rss() - before))
+"""
+
+
+def loading_mb(envs):
+    """What the first step of a two-image ViT adds to a fresh process's resident set, for
+    tinyvit with its kernels and on its reference ops: the kernels' machine code, loaded
+    from numba's cache, and numba's threads; part of every tinyvit peak below."""
+    grown = {}
+    for name in ("tinyvit", "tinyvit-reference"):
+        run = subprocess.run([sys.executable, "-c", LOADING_PROBE], env=envs[name],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        grown[name] = json.loads(run.stdout.splitlines()[-1])
+    return grown
+
+
 def measure(config_name, args):
     envs = environments(args)
     cold = first_step_cold_cache(config_name, args, envs["tinyvit"])
@@ -409,6 +440,9 @@ def main(argv=None):
     if args.baseline and not (args.baseline / "tinyvit" / "__init__.py").is_file():
         parser.error(f"--baseline {args.baseline}: no tinyvit/__init__.py there")
 
+    loading = loading_mb(environments(args))
+    print("a tiny model's first step adds to a fresh process: " + ", ".join(
+        f"{name} {mb:.0f} MB" for name, mb in loading.items()), flush=True)  # fmt: skip
     rows = []
     for name in args.configs:
         rows.append(measure(name, args))
@@ -429,6 +463,7 @@ def main(argv=None):
         "kernels": tinyvit.kernels.describe("cpu"),
         "steps": args.steps,
         "warmup": args.warmup,
+        "first_step_loading_mb": loading,
         "results": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -278,7 +278,8 @@ print("wrote", save_figure(fig, args.out / "float32_cdf_error.png"))
 # all the rows' maxima first (a running maximum is a chain of steps that
 # wait for each other, and the CPU overlaps many rows' chains). The
 # attention's products, and ``linear``'s, stay with NumPy: BLAS already runs
-# them near the machine's peak.
+# them near the machine's peak (``linear``'s bias is added, and its gradient
+# summed, by loops on every core).
 
 # %%
 layers = {
@@ -321,6 +322,25 @@ ax.set_xlabel("forward + backward (ms)")
 ax.set_title(f"One encoder block's layers at batch {B}, {cores} threads")
 ax.legend(fontsize=8)
 print("wrote", save_figure(fig, args.out / "reference_vs_kernel.png"))
+
+# %% [markdown]
+# One trap, found the hard way: a loop that writes over its own input. numba
+# cannot know whether two arrays share memory, so its vectorized loop first
+# checks, at run time, that the output does not overlap what it reads; where
+# it does, it runs the loop's scalar version instead. The attention's softmax
+# reads the scores from a scratch array and writes the attention matrix
+# (``kernels/attention_cpu.py``); here is the same loop both ways, on one
+# thread.
+
+# %%
+if cpu is not None:
+    scores = rng.standard_normal((B * HEADS * N, N)).astype(np.float32)
+    apart, scale = np.empty_like(scores), np.float32(1 / math.sqrt(D // HEADS))
+    out_of_place = best_time(lambda: cpu.softmax_rows(scores, apart, scale))
+    in_place = best_time(lambda: cpu.softmax_rows(apart, apart, scale))  # overwrites apart
+    print(f"softmax of {scores.shape[0]:,} rows on one thread: into another array "
+          f"{out_of_place * 1e3:.2f} ms, in place {in_place * 1e3:.2f} ms "
+          f"({in_place / out_of_place:.1f}x slower)")  # fmt: skip
 
 # %% [markdown]
 # ## 6. Other people's threads
