@@ -28,7 +28,7 @@ Everything in tinyvit that needs erf takes it from here: ``functional.gelu``
 (the reference GELU, in every dtype, through ``normal_cdf``), ``Tensor.erf``
 and so ``composed.gelu``.
 (The CPU kernel's float32 GELU uses a faster form of the Gaussian CDF with a
-stated error bound: ``kernels/fast_math.py``.)
+stated error bound: ``normal_cdf_and_gauss`` in ``kernels/cpu.py``.)
 """
 
 from __future__ import annotations
