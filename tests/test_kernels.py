@@ -48,6 +48,10 @@ def labels(classes):
 CASES = {
     "linear": (lambda op, x, w, b: op(x, w, b), [(3, 70, 4), (6, 4), (6,)]),
     "linear, no bias, one row": (lambda op, x, w: op(x, w), [(1, 5), (3, 5)]),
+    "linear, 2-D, not contiguous": (
+        lambda op, x, w, b: op(x, w, b),
+        [transposed((9, 4)), (6, 4), (6,)],
+    ),
     "linear, not contiguous": (
         lambda op, x, w, b: op(x, w, b),
         [transposed((4, 5, 3)), transposed((6, 3)), (6,)],

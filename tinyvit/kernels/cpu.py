@@ -282,8 +282,9 @@ def column_sums_loop(g, parts):
 
 @njit(nogil=True, cache=True, fastmath=ROW_SUMS)
 def softmax_rows(x, y, scale):
-    """``y = softmax(scale x)`` row by row (``y`` may be ``x``), on the calling thread: the
-    rows' maxima, then in each row ``e = exp(scale x - max)`` and its sum, then ``e / sum``.
+    """``y = softmax(scale x)`` row by row, on the calling thread: the rows' maxima, then in
+    each row ``e = exp(scale x - max)`` and its sum, then ``e / sum``. (``y`` may be ``x``,
+    and the result is the same, but the loop then runs unvectorized: the fourth rule.)
 
     The maxima come first, in a loop of their own: a running maximum is a chain
     in which each step waits for the one before, and with every row's chain
@@ -310,7 +311,8 @@ def softmax_rows(x, y, scale):
 
 @njit(nogil=True, cache=True, fastmath=ROW_SUMS)
 def softmax_backward_rows(y, g, gx, scale):
-    """``gx = y (g - sum(g y)) scale`` row by row (``gx`` may be ``g``), on the calling thread."""
+    """``gx = y (g - sum(g y)) scale`` row by row, on the calling thread (``gx`` may be ``g``,
+    unvectorized, as in ``softmax_rows``)."""
     rows, n = y.shape
     real = y.dtype.type
     for i in range(rows):

@@ -213,7 +213,7 @@ def product_threads() -> int:
 def in_blocks(work, array, block_bytes=BLOCK_BYTES):
     """Call ``work(s)`` for slices ``s`` of ``array``'s first axis that together cover it,
     each of about ``block_bytes`` of ``array`` (at least one item), every thread taking
-    the blocks of one contiguous part of the axis.
+    the blocks of one contiguous part of the axis, the calling thread the first part.
 
     ``work`` must let go of the interpreter's lock for its time to run on all the
     cores at once (NumPy's products do, and the loops compiled with ``nogil``), and
@@ -235,9 +235,13 @@ def in_blocks(work, array, block_bytes=BLOCK_BYTES):
         pool = _pools[threads - 1] = ThreadPoolExecutor(threads - 1, "tinyvit-blocks")
     bounds = np.linspace(0, stack, threads + 1).astype(int)
     others = [pool.submit(run_part, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    run_part(0, bounds[1])  # the calling thread takes the first part itself
-    for part in others:
-        part.result()  # raises what a block raised
+    try:
+        run_part(0, bounds[1])  # the calling thread takes the first part itself
+    finally:
+        errors = [part.exception() for part in others]  # every part ends before we return
+    for error in errors:
+        if error is not None:
+            raise error  # what a block raised
 
 
 # ---------------------------------------------------------------------------
