@@ -327,28 +327,26 @@ def first_step_cold_cache(config_name, args, env):
     return cold.first_step_s
 
 
-LOADING_PROBE = """
-import json, numpy as np, tinyvit, tinyvit.functional as F
-from tinyvit.optim import AdamW
-def rss():
-    with open('/proc/self/status') as f:
-        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
-tinyvit.kernels.configure_process()
-model = tinyvit.ViT(image_size=8, patch_size=4, num_classes=2, dim=8, depth=1, heads=1, mlp_dim=8)
-optimizer, before = AdamW(model, lr=1e-3), rss()
-F.cross_entropy(model(np.zeros((2, 3, 8, 8), np.float32)), [0, 1]).backward()
-optimizer.step()
-print(json.dumps(rss() - before))
-"""
+TINY = dict(image_size=8, patch_size=4, num_classes=2, dim=8, depth=1, heads=1, mlp_dim=8)
+
+
+def first_step_growth_mb():
+    """What the first ``tinyvit_step`` of a two-image ``TINY`` ViT adds to this process's
+    resident set (the model and its optimizer built before)."""
+    step = tinyvit_step(TINY, 2)
+    before = _rss_mb("VmRSS")
+    step()
+    return _rss_mb("VmRSS") - before
 
 
 def loading_mb(envs):
-    """What the first step of a two-image ViT adds to a fresh process's resident set, for
-    tinyvit with its kernels and on its reference ops: the kernels' machine code, loaded
-    from numba's cache, and numba's threads; part of every tinyvit peak below."""
+    """``first_step_growth_mb`` in a fresh process, for tinyvit with its kernels and on its
+    reference ops: what any tinyvit process's first step loads whatever the model (the
+    kernels' machine code from numba's cache, and numba's threads); part of every tinyvit
+    peak below."""
     grown = {}
     for name in ("tinyvit", "tinyvit-reference"):
-        run = subprocess.run([sys.executable, "-c", LOADING_PROBE], env=envs[name],
+        run = subprocess.run([sys.executable, __file__, "--loading"], env=envs[name],
                              capture_output=True, text=True, check=True)  # fmt: skip
         grown[name] = json.loads(run.stdout.splitlines()[-1])
     return grown
@@ -432,7 +430,11 @@ def main(argv=None):
     parser.add_argument("--baseline", type=Path, help="another tinyvit checkout to compare with")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/cpu.json"))
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--loading", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.loading:
+        print(json.dumps(first_step_growth_mb()))
+        return
     if args.serve:
         name, config_name, batch, warmup = args.serve
         serve(name, config_name, int(batch), int(warmup))
